@@ -1,0 +1,383 @@
+"""A frozen classifier split at a target layer.
+
+:class:`FrozenBackbone` wraps any image classifier (a torchvision model name, an importable
+``nn.Module`` class path, or a module instance), freezes it, moves the input normalisation inside
+it and splits its computation graph at a *target layer* with :mod:`torch.fx`::
+
+    logits = tail(body(normalise(x)))        features = body(normalise(x))
+
+so one pass yields the target-layer features ``F`` of shape ``(B, C, h, w)`` together with the
+logits ``(B, K)``, and the forward can be *resumed* from a modified feature map (``tail(F * A)``)
+without running any layer before the target layer again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import urllib.error
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torchvision
+from torch import Tensor, nn
+
+__all__ = ["BackboneOutput", "FrozenBackbone", "WeightsUnavailableError", "build_model"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_POOLING_TYPES = (
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.LPPool2d,
+)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Raised when requested backbone weights cannot be obtained (e.g. no network)."""
+
+
+@dataclass
+class BackboneOutput:
+    """Everything one pass of the frozen network yields.
+
+    Attributes:
+        features: target-layer activations ``F``, shape ``(B, C, h, w)``.
+        logits: class scores of the clean image, shape ``(B, K)``.
+        skips: other body activations the tail reads (empty for VGG/ResNet at their default
+            layers); pass them back to :meth:`FrozenBackbone.tail`.
+    """
+
+    features: Tensor
+    logits: Tensor
+    skips: tuple[Tensor, ...] = ()
+
+
+class _LeafTracer(fx.Tracer):
+    """An fx tracer that keeps the target layer as one opaque call."""
+
+    def __init__(self, leaf_name: str) -> None:
+        super().__init__()
+        self.leaf_name = leaf_name
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return qualified_name == self.leaf_name or super().is_leaf_module(module, qualified_name)
+
+
+def _import_class(path: str) -> type[nn.Module]:
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"cannot import model class {path!r}: {error}") from error
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ValueError(f"{path!r} is not an nn.Module class")
+    return cls
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _is_weights_file(weights: str) -> bool:
+    return Path(weights).suffix in _STATE_DICT_SUFFIXES or Path(weights).exists()
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Load a state_dict saved with ``torch.save`` without executing any code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling refused or file corrupt: say which file and why
+        raise ValueError(
+            f"{str(path)!r} is not a loadable state_dict (loaded with weights_only=True): {error}"
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state_dict (a dict of tensors)")
+    return state
+
+
+def _torchvision_weights(name: str, weights: str) -> Any:
+    try:
+        weights_enum = torchvision.models.get_model_weights(name)
+    except ValueError as error:
+        raise ValueError(f"torchvision has no weights for model {name!r}") from error
+    member = weights.rpartition(".")[2]
+    try:
+        return weights_enum[member]
+    except KeyError:
+        known = ", ".join(["DEFAULT", *weights_enum.__members__])
+        raise ValueError(
+            f"unknown weights {weights!r} for {name!r}: expected a local state_dict file or one "
+            f"of {known}"
+        ) from None
+
+
+def build_model(
+    model: str, *, num_classes: int | None = None, weights: str | None = None
+) -> tuple[nn.Module, str | None, list[str] | None]:
+    """Instantiate a classifier by torchvision name or ``package.module.Class`` path.
+
+    Args:
+        model: a torchvision classification model name (``"resnet50"``) or a class path.
+        num_classes: number of outputs; ``None`` keeps the model's default.
+        weights: ``None`` (random init), a torchvision weights name (``"IMAGENET1K_V1"``,
+            ``"DEFAULT"``, ``"ResNet50_Weights.IMAGENET1K_V1"``) or a local state_dict file.
+
+    Returns:
+        The model, an identity string for the weights (``None`` for random init) and the class
+        names the weights carry (``None`` when unknown).
+    """
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
+    use_torchvision = "." not in model
+    if use_torchvision and model not in torchvision.models.list_models():
+        raise ValueError(
+            f"unknown model {model!r}: not a torchvision model name and not a class path "
+            "(package.module.Class)"
+        )
+    weights_file = weights is not None and _is_weights_file(weights)
+    if weights is not None and not weights_file:
+        if not use_torchvision:
+            raise ValueError(
+                f"weights {weights!r} must be a local state_dict file for model class {model!r}"
+            )
+        weights_entry = _torchvision_weights(model, weights)
+        categories = weights_entry.meta.get("categories")
+        if num_classes is not None and categories is not None and num_classes != len(categories):
+            raise ValueError(
+                f"weights {weights_entry} have {len(categories)} classes but num_classes="
+                f"{num_classes}; train on top of them with their own classes or drop weights"
+            )
+        try:
+            network = torchvision.models.get_model(model, weights=weights_entry)
+        except (urllib.error.URLError, OSError) as error:
+            cache = Path(torch.hub.get_dir()) / "checkpoints"
+            raise WeightsUnavailableError(
+                f"cannot download torchvision weights {weights_entry} for {model!r} ({error}). "
+                f"The machine seems offline: fetch them once on a connected machine (torchvision "
+                f"caches them in {cache}) or pass a local state_dict file as weights=PATH."
+            ) from error
+        return network, str(weights_entry), list(categories) if categories else None
+    if use_torchvision:
+        network = torchvision.models.get_model(model, **kwargs)
+    else:
+        network = _import_class(model)(**kwargs)
+    if weights is None:
+        return network, None, None
+    path = Path(weights)
+    state = load_state_dict_file(path)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"weights file {str(path)!r} does not fit model {model!r}: {error}") from error
+    return network, f"file:{path.name}:sha256={_file_digest(path)}", None
+
+
+def _detect_target_layer(model: nn.Module, example: Tensor) -> str:
+    """Name of the last module whose output is a spatial map not produced by pooling.
+
+    For VGG this is the ReLU after conv5_3 (``features.29`` in VGG-16), for ResNet ``layer4``.
+    """
+    names = {module: name for name, module in model.named_modules() if name}
+    producer: dict[int, nn.Module] = {}
+    outputs: list[Tensor] = []  # kept alive so that ids are not reused within the pass
+    candidates: list[str] = []
+
+    def record(module: nn.Module, _inputs: Any, output: Any) -> None:
+        if not isinstance(output, Tensor):
+            return
+        outputs.append(output)
+        producer.setdefault(id(output), module)
+        spatial = output.dim() == 4 and output.shape[-1] > 1 and output.shape[-2] > 1
+        if spatial and not isinstance(producer[id(output)], _POOLING_TYPES):
+            candidates.append(names[module])
+
+    handles = [module.register_forward_hook(record) for module in names]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not candidates:
+        raise ValueError(
+            "could not find a convolutional target layer automatically; pass target_layer= "
+            "with a module name"
+        )
+    return candidates[-1]
+
+
+def _disable_inplace(model: nn.Module, graph: fx.Graph) -> None:
+    # The captured features are reused after the tail runs; an in-place op there would corrupt them.
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    for node in graph.nodes:
+        if node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+
+
+def _split_graph(model: nn.Module, target_layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Split ``model`` into ``body: x -> (F, *skips)`` and ``tail: (F, *skips) -> logits``."""
+    try:
+        graph = _LeafTracer(target_layer).trace(model)
+    except Exception as error:  # fx raises many types; name the cause and the way out
+        raise ValueError(
+            f"cannot split {type(model).__name__} at {target_layer!r}: torch.fx could not trace "
+            f"it ({error})"
+        ) from error
+    _disable_inplace(model, graph)
+    nodes = list(graph.nodes)
+    calls = [n for n in nodes if n.op == "call_module" and n.target == target_layer]
+    if len(calls) != 1:
+        raise ValueError(
+            f"target layer {target_layer!r} is called {len(calls)} times in the forward; "
+            "choose a module that runs exactly once"
+        )
+    split = nodes.index(calls[0])
+    before, after = nodes[: split + 1], set(nodes[split + 1 :])
+    skips = [n for n in before[:-1] if any(user in after for user in n.users)]
+
+    body = fx.Graph()
+    body_env: dict[fx.Node, fx.Node] = {}
+    for node in before:
+        body_env[node] = body.node_copy(node, lambda n: body_env[n])
+    body.output((body_env[calls[0]], *[body_env[n] for n in skips]))
+
+    tail = fx.Graph()
+    tail_env: dict[fx.Node, fx.Node] = {calls[0]: tail.placeholder("features")}
+    for index, node in enumerate(skips):
+        tail_env[node] = tail.placeholder(f"skip_{index}")
+    for node in nodes[split + 1 :]:
+        tail_env[node] = tail.node_copy(node, lambda n: tail_env[n])
+    return fx.GraphModule(model, body), fx.GraphModule(model, tail)
+
+
+class FrozenBackbone(nn.Module):
+    """A frozen classifier that yields target-layer features and logits in one pass.
+
+    Images go in as ``(B, 3, H, W)`` in ``[0, 1]``; normalisation ``(x - mean) / std`` happens
+    inside, so a mask multiplied into an image turns masked pixels black. All parameters are frozen
+    and the wrapped network stays in eval mode (BatchNorm statistics, Dropout off) even when a
+    trainer calls ``.train()``.
+
+    Args:
+        model: torchvision model name (``"vgg16"``), class path (``"pkg.module.Class"``) or module.
+        num_classes: number of classes for a model built by name; ``None`` keeps its default.
+        weights: ``None``, a torchvision weights name or a local state_dict file (see
+            :func:`build_model`). Only for models given by name.
+        target_layer: module name to split at. Default: the last spatial, non-pooling module
+            (VGG: ReLU after conv5_3, ``features.29``; ResNet: ``layer4``).
+        input_size: side of the square training/inference images; used to probe shapes.
+        mean, std: normalisation constants (ImageNet's by default).
+        class_names: names of the ``K`` classes, if known (torchvision weights supply them).
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module,
+        *,
+        num_classes: int | None = None,
+        weights: str | None = None,
+        target_layer: str | None = None,
+        input_size: int = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(model, nn.Module):
+            if weights is not None or num_classes is not None:
+                raise ValueError("weights and num_classes apply only to a model given by name")
+            network, weights_id, known_names = model, None, None
+            model_name = f"{type(model).__module__}.{type(model).__qualname__}"
+        else:
+            network, weights_id, known_names = build_model(
+                model, num_classes=num_classes, weights=weights
+            )
+            model_name = model
+        self.model = network.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.input_size = input_size
+        example = torch.rand(1, 3, input_size, input_size)
+        if target_layer is None:
+            target_layer = _detect_target_layer(self.model, self.normalise(example))
+        elif target_layer not in dict(self.model.named_modules()):
+            raise ValueError(f"target layer {target_layer!r} is not a module of {model_name}")
+        self.target_layer = target_layer
+        self._split()
+        with torch.no_grad():
+            probe = self.run(example)
+        if probe.features.dim() != 4 or probe.logits.dim() != 2:
+            raise ValueError(
+                f"target layer {target_layer!r} gives features of shape {tuple(probe.features.shape)} "
+                f"and logits {tuple(probe.logits.shape)}; expected (B, C, h, w) and (B, K)"
+            )
+        self.feature_channels = int(probe.features.shape[1])
+        self.num_classes = int(probe.logits.shape[1])
+        self.class_names = list(class_names or known_names or []) or None
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names given for {self.num_classes} classes"
+            )
+        self.spec: dict[str, Any] = {
+            "model": model_name,
+            "num_classes": self.num_classes,
+            "weights": weights_id,
+            "target_layer": target_layer,
+            "input_size": input_size,
+            "mean": list(mean),
+            "std": list(std),
+        }
+
+    def _split(self) -> None:
+        # Held outside the module tree so parameters are registered (and saved) once, via `model`.
+        body, tail = _split_graph(self.model, self.target_layer)
+        self.__dict__["_body"], self.__dict__["_tail"] = body, tail
+
+    def _apply(self, fn: Any, recurse: bool = True) -> FrozenBackbone:
+        super()._apply(fn, recurse)
+        self._split()  # the graph modules must see tensors converted by .to()/.half()
+        return self
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """Set the wrapper's mode; the frozen network itself always stays in eval mode."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` in [0, 1] -> normalised network input of the same shape."""
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def body(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """Run the layers up to the target layer: features ``(B, C, h, w)`` and skips."""
+        features, *skips = self._body(self.normalise(images))
+        return features, tuple(skips)
+
+    def tail(self, features: Tensor, skips: tuple[Tensor, ...] = ()) -> Tensor:
+        """Resume the forward from (possibly modified) features ``(B, C, h, w)`` -> ``(B, K)``."""
+        return self._tail(features, *skips)
+
+    def run(self, images: Tensor) -> BackboneOutput:
+        """One pass on ``(B, 3, H, W)`` images in [0, 1]: features, logits and skips."""
+        features, skips = self.body(images)
+        return BackboneOutput(features, self.tail(features, skips), skips)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``(B, K)`` of ``(B, 3, H, W)`` images in [0, 1]."""
+        return self.run(images).logits

@@ -1,0 +1,62 @@
+"""The trained one-pass explainer: frozen backbone + attention head."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lcam.backbone import BackboneOutput, FrozenBackbone
+from lcam.explainers.base import Explainer, Targets, resolve_targets
+from lcam.heads import LCAMHead, build_head
+
+__all__ = ["LearnedExplainer"]
+
+
+class LearnedExplainer(Explainer):
+    """Class activation maps from one forward pass of the frozen network.
+
+    The body runs once; the tail gives the logits and the head gives the logit maps ``S`` of all
+    ``K`` classes from the same features. The explained map is ``S[b, c_b]`` (``map_activation=
+    "logit"``, the papers' evaluation protocol) or ``sigmoid(S[b, c_b])`` (``"sigmoid"``, the
+    trained attention), then upsampled and min-max normalised.
+
+    Args:
+        backbone: the frozen classifier.
+        head: registry name of the head (``"lcam_fm"``, ``"lcam_img"``) or a head module.
+        map_activation: ``"logit"`` or ``"sigmoid"``.
+    """
+
+    backward_passes = 0.0
+
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        head: str | LCAMHead = "lcam_fm",
+        map_activation: Literal["logit", "sigmoid"] = "logit",
+    ) -> None:
+        super().__init__(backbone)
+        if isinstance(head, str):
+            self.name = head
+            head = build_head(head, backbone.feature_channels, backbone.num_classes)
+        else:
+            self.name = type(head).__name__
+        self.head = head
+        if map_activation not in ("logit", "sigmoid"):
+            raise ValueError(f"map_activation must be 'logit' or 'sigmoid', got {map_activation!r}")
+        self.map_activation = map_activation
+
+    def class_maps(self, images: Tensor) -> tuple[BackboneOutput, Tensor]:
+        """One pass: the backbone output and the logit maps ``S`` ``(B, K, h, w)`` of all classes."""
+        output = self.backbone.run(images)
+        return output, self.head(output.features)
+
+    @torch.no_grad()
+    def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
+        output, class_maps = self.class_maps(images)
+        resolved = resolve_targets(output.logits, targets)
+        selected = class_maps[torch.arange(len(resolved), device=resolved.device), resolved]
+        if self.map_activation == "sigmoid":
+            selected = selected.sigmoid()
+        return selected, output.logits, resolved

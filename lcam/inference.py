@@ -1,0 +1,354 @@
+"""Batch inference over image files: maps, overlays and predictions, resumable and atomic.
+
+For every readable image ``<name>`` it writes ``<name>.npy`` (float32 map in [0, 1] at the image's
+own resolution), ``<name>.png`` (colour overlay) and one line of ``predictions.jsonl``. Images that
+cannot be read are listed in ``errors.jsonl`` with a one-line reason; every file is written under a
+temporary name and renamed, so an interrupted run leaves no partial file and a re-run with the same
+output folder finishes the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from lcam.api import load_explainer, resolve_device
+from lcam.explainers.base import Explainer
+from lcam.viz import overlay, to_uint8
+
+__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "collect_images", "main", "parse_target", "run_inference"]
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+PREDICTIONS = "predictions.jsonl"
+ERRORS = "errors.jsonl"
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An input image and the output name (relative, without suffix) its files get."""
+
+    path: Path
+    name: str
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[ImageFile]:
+    """Expand files and folders (recursively, image suffixes only) into named inputs.
+
+    A file given directly is named by its stem; a file found in a folder by its path relative to
+    that folder, so ``a/cat.jpg`` and ``b/cat.jpg`` do not collide.
+
+    Raises:
+        FileNotFoundError: an input does not exist.
+        ValueError: a folder holds no images, or two inputs would write the same output name.
+    """
+    found: list[ImageFile] = []
+    for entry in map(Path, inputs):
+        if entry.is_dir():
+            files = sorted(
+                p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not files:
+                raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {str(entry)!r}")
+            found += [ImageFile(p, p.relative_to(entry).with_suffix("").as_posix()) for p in files]
+        elif entry.exists() or entry.is_symlink():
+            found.append(ImageFile(entry, entry.stem))
+        else:
+            raise FileNotFoundError(f"input {str(entry)!r} does not exist")
+    names: dict[str, Path] = {}
+    for item in found:
+        if item.name in names:
+            raise ValueError(
+                f"{str(names[item.name])!r} and {str(item.path)!r} would both write outputs named "
+                f"{item.name!r}; pass their folders instead of the files, or rename one"
+            )
+        names[item.name] = item.path
+    return found
+
+
+def read_rgb(path: Path) -> Tensor:
+    """Read any PIL-readable image as ``(3, H, W)`` uint8 RGB, EXIF rotation applied.
+
+    Grayscale, palette, RGBA (composited on black), CMYK and 16-bit images are converted.
+    Decompression bombs are refused rather than allocated.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray((array * 255.0 / max(array.max(), 1.0)).astype(np.uint8))
+            rgb = image.convert("RGB")
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+class ImageFiles(Dataset):
+    """Loads images for a batch job; a failure becomes an item with an ``error`` reason.
+
+    Items: ``{"index", "image": (3, S, S) float in [0, 1], "original": (3, H, W) uint8}`` or
+    ``{"index", "error": str}``.
+    """
+
+    def __init__(self, files: Sequence[ImageFile], image_size: int) -> None:
+        self.files, self.image_size = files, image_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            original = read_rgb(self.files[index].path)
+        except Exception as error:  # any unreadable input is reported, never fatal to the batch
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            return {"index": index, "error": reason}
+        image = F.interpolate(
+            original[None].float() / 255,
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0].clamp(0, 1)
+        return {"index": index, "image": image, "original": original}
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [item for item in items if "error" not in item]
+    return {
+        "index": [item["index"] for item in good],
+        "image": torch.stack([item["image"] for item in good]) if good else None,
+        "original": [item["original"] for item in good],
+        "errors": [(item["index"], item["error"]) for item in items if "error" in item],
+    }
+
+
+def parse_target(target: str, class_names: Sequence[str] | None, num_classes: int) -> int | None:
+    """``"predicted"`` -> ``None``; a class index or class name -> its index (validated)."""
+    if target == "predicted":
+        return None
+    if target.lstrip("-").isdigit():
+        index = int(target)
+        if not 0 <= index < num_classes:
+            raise ValueError(f"--target {index} does not exist: the model has {num_classes} classes")
+        return index
+    if class_names and target in class_names:
+        return list(class_names).index(target)
+    known = f"one of {', '.join(class_names)}" if class_names else "an index (no class names known)"
+    raise ValueError(f"--target {target!r} is not 'predicted', a class index or a class name ({known})")
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _save_npy(array: np.ndarray, path: Path) -> None:
+    with path.open("wb") as handle:
+        np.save(handle, array)
+
+
+def _write_outputs(map_: Tensor, overlay_image: Tensor, map_path: Path, overlay_path: Path) -> None:
+    _atomic_write(map_path, lambda p: _save_npy(map_.numpy(), p))
+    _atomic_write(overlay_path, lambda p: Image.fromarray(overlay_image.numpy()).save(p, format="PNG"))
+
+
+def _read_records(path: Path) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill; its image is redone
+                continue
+            records[record["name"]] = record
+    return records
+
+
+def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    _atomic_write(path, lambda p: p.write_text(lines))
+
+
+def run_inference(
+    explainer: Explainer,
+    files: Sequence[ImageFile],
+    output: str | Path,
+    *,
+    target: int | None = None,
+    image_size: int | None = None,
+    batch_size: int = 16,
+    num_workers: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Explain ``files`` in batches and write maps, overlays and records under ``output``.
+
+    Args:
+        explainer: any explainer; its backbone's device is used.
+        files: inputs from :func:`collect_images`.
+        output: output folder (created).
+        target: class index to explain in every image; ``None`` for the predicted class.
+        image_size: side the images are resized to (whole image, no crop); default: the
+            backbone's ``input_size``.
+        batch_size, num_workers: loader settings (workers decode images in parallel).
+        overwrite: redo images whose outputs are already complete.
+        progress: show a progress bar.
+
+    Returns:
+        Counts: ``{"done", "skipped", "failed"}``.
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    class_names = explainer.backbone.class_names
+    previous = {} if overwrite else _read_records(output / PREDICTIONS)
+    requested = "predicted" if target is None else target
+    complete = {
+        name
+        for name, record in previous.items()
+        if record.get("requested") == requested
+        and record.get("method") == explainer.name
+        and (output / record["map"]).is_file()
+        and (output / record["overlay"]).is_file()
+    }
+    records = {name: previous[name] for name in complete}
+    pending = [item for item in files if item.name not in complete]
+    errors: list[dict[str, str]] = []
+    loader = DataLoader(
+        ImageFiles(pending, image_size or explainer.backbone.input_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=explainer.device.type == "cuda",
+    )
+    bar = tqdm(total=len(pending), desc="explaining", unit="img", disable=not progress)
+    journal = (output / PREDICTIONS).open("w" if overwrite else "a")
+    with ThreadPoolExecutor(max_workers=2) as writers, journal:
+        for batch in loader:
+            for index, reason in batch["errors"]:
+                errors.append({"path": str(pending[index].path), "error": reason})
+            if batch["image"] is not None:
+                explanation = explainer.explain(batch["image"], target)
+                probabilities = explanation.probabilities.float().cpu()
+                top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
+                writes: list[Future] = []
+                for row, index in enumerate(batch["index"]):
+                    item, original = pending[index], batch["original"][row]
+                    full_map = F.interpolate(
+                        explanation.maps[row][None, None], size=original.shape[-2:], mode="bilinear"
+                    )[0, 0].clamp(0, 1).float().cpu()
+                    blended = to_uint8(overlay(original.float()[None] / 255, full_map[None]))[0]
+                    record = _record(item, explanation.targets[row].item(), top, row, class_names)
+                    record.update(requested=requested, method=explainer.name)
+                    writes.append(
+                        writers.submit(
+                            _write_outputs, full_map, blended, output / record["map"], output / record["overlay"]
+                        )
+                    )
+                    records[item.name] = record
+                for future, index in zip(writes, batch["index"], strict=True):
+                    future.result()
+                    journal.write(json.dumps(records[pending[index].name]) + "\n")
+                journal.flush()
+            bar.update(len(batch["index"]) + len(batch["errors"]))
+    bar.close()
+    ordered = [records[item.name] for item in files if item.name in records]
+    _write_jsonl(output / PREDICTIONS, ordered)
+    if errors or (output / ERRORS).exists():
+        _write_jsonl(output / ERRORS, errors)
+    return {"done": len(pending) - len(errors), "skipped": len(complete), "failed": len(errors)}
+
+
+def _record(
+    item: ImageFile, target: int, top: Any, row: int, class_names: Sequence[str] | None
+) -> dict[str, Any]:
+    def name_of(index: int) -> str | None:
+        return class_names[index] if class_names else None
+
+    return {
+        "name": item.name,
+        "path": str(item.path),
+        "top5": [
+            {"class": int(c), "name": name_of(int(c)), "probability": round(float(p), 6)}
+            for p, c in zip(top.values[row], top.indices[row], strict=True)
+        ],
+        "target": target,
+        "target_name": name_of(target),
+        "map": f"{item.name}.npy",
+        "overlay": f"{item.name}.png",
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``infer.py``."""
+    parser = argparse.ArgumentParser(
+        prog="infer.py",
+        description="Explain images with a trained lcam head in one forward pass each.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint or explainer file")
+    parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument(
+        "--target", default="predicted", help="'predicted' (default), a class index or a class name"
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the training size")
+    parser.add_argument(
+        "--map-activation",
+        choices=["logit", "sigmoid"],
+        default=None,
+        help="explain the pre-sigmoid class map (default, the papers' protocol) or its sigmoid",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo images already done")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``infer.py``; returns the exit code (0: all done, 1: some inputs failed, 2: usage)."""
+    args = build_parser().parse_args(argv)
+    try:
+        files = collect_images(args.input)
+        explainer = load_explainer(args.checkpoint, device=resolve_device(args.device))
+        if args.map_activation:
+            explainer.map_activation = args.map_activation
+        target = parse_target(args.target, explainer.backbone.class_names, explainer.backbone.num_classes)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"infer.py: error: {error}", file=sys.stderr)
+        return 2
+    counts = run_inference(
+        explainer,
+        files,
+        args.output,
+        target=target,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{counts['done']} explained, {counts['skipped']} already done, {counts['failed']} failed"
+        + (f" (see {Path(args.output) / ERRORS})" if counts["failed"] else ""),
+    )
+    return 1 if counts["failed"] else 0

@@ -1,0 +1,193 @@
+"""LightningModule that trains an attention head on a frozen backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torchmetrics
+import torchvision
+from pytorch_lightning import LightningModule
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.loggers import WandbLogger
+from torch import Tensor
+
+from lcam.api import build_explainer, explainer_metadata
+from lcam.backbone import FrozenBackbone
+from lcam.explainers.base import normalise_maps, upsample_maps
+from lcam.localisation import in_mask_energy
+from lcam.losses import LCAMLoss, MapSelection
+from lcam.viz import overlay, to_uint8
+
+__all__ = ["LCAMModule", "paper_optimizer", "paper_scheduler"]
+
+
+def paper_optimizer(params: Any) -> torch.optim.Optimizer:
+    """The L-CAM VGG-16 recipe: SGD, Nesterov momentum 0.9, weight decay 5e-4, lr 1e-2."""
+    return torch.optim.SGD(params, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def paper_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The L-CAM VGG-16 recipe: learning rate x0.75 per epoch."""
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.75)
+
+
+class LCAMModule(LightningModule):
+    """Train an L-CAM head; the backbone stays frozen and in eval mode.
+
+    Batches are dicts with ``image`` ``(B, 3, H, W)`` in [0, 1], ``label`` ``(B,)`` and optionally
+    ``mask`` ``(B, H, W)`` (object masks; then the in-mask share of map energy is logged).
+
+    Args:
+        backbone: torchvision model name or ``package.module.Class`` path.
+        weights: torchvision weights name or local state_dict file for the backbone.
+        num_classes: classes of a backbone built by name (default: the model's).
+        target_layer: module to attach the head to (default: detected, see FrozenBackbone).
+        input_size: training image side, also stored for inference.
+        head: ``"lcam_fm"`` or ``"lcam_img"``.
+        labels: train on the frozen model's ``"predicted"`` classes (papers) or ``"dataset"`` labels.
+        map_selection: maps the regularisers see: ``"batch"`` (official code) or ``"own"``.
+        ce_weight, area_weight, tv_weight, area_exponent: loss weights (1.5, 2, 0.01, 0.3).
+        optimizer: optimizer factory (default: SGD Nesterov, lr 1e-2, momentum 0.9, wd 5e-4).
+        lr_scheduler: scheduler factory (default: x0.75 per epoch); ``None`` for a constant lr.
+        scheduler_interval: step the scheduler every ``"epoch"`` or ``"step"``.
+        bias_lr_multiplier: the bias's learning rate relative to the weights' (papers: 2).
+        bias_weight_decay: apply weight decay to the bias too (L-CAM: yes, TAME: no).
+        num_overlays: validation images shown in the logged overlay grid.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vgg16",
+        weights: str | None = None,
+        num_classes: int | None = None,
+        target_layer: str | None = None,
+        input_size: int = 224,
+        head: str = "lcam_fm",
+        labels: Literal["predicted", "dataset"] = "predicted",
+        map_selection: MapSelection = "batch",
+        ce_weight: float = 1.5,
+        area_weight: float = 2.0,
+        tv_weight: float = 0.01,
+        area_exponent: float = 0.3,
+        optimizer: OptimizerCallable = paper_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = paper_scheduler,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        bias_lr_multiplier: float = 2.0,
+        bias_weight_decay: bool = True,
+        num_overlays: int = 8,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        frozen = FrozenBackbone(
+            backbone,
+            num_classes=num_classes,
+            weights=weights,
+            target_layer=target_layer,
+            input_size=input_size,
+        )
+        # The attribute name is the checkpoint's state_dict prefix that load_explainer expects.
+        self.explainer = build_explainer(frozen, head)
+        self.criterion = LCAMLoss(
+            ce_weight, area_weight, tv_weight, area_exponent=area_exponent, selection=map_selection
+        )
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.masked_accuracy = torchmetrics.MeanMetric()
+        self.in_mask_share = torchmetrics.MeanMetric()
+        self.mask_area = torchmetrics.MeanMetric()
+        self._overlay_images: Tensor | None = None
+
+    @property
+    def backbone(self) -> FrozenBackbone:
+        """The frozen classifier."""
+        return self.explainer.backbone
+
+    def setup(self, stage: str) -> None:
+        """Take class names from the datamodule when the backbone's weights carry none."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        names = getattr(datamodule, "class_names", None)
+        if self.backbone.class_names is None and names and len(names) == self.backbone.num_classes:
+            self.backbone.class_names = list(names)
+
+    def _step(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        images = batch["image"]
+        with torch.no_grad():
+            output = self.backbone.run(images)
+        labels = output.logits.argmax(dim=1) if self.hparams.labels == "predicted" else batch["label"]
+        class_maps = self.explainer.head(output.features)
+        attention = class_maps.sigmoid()
+        rows = torch.arange(len(labels), device=labels.device)
+        own_maps = attention[rows, labels]
+        masked_logits = self.explainer.head.masked_logits(self.backbone, images, output, own_maps)
+        return {
+            "terms": self.criterion(masked_logits, labels, attention),
+            "masked_correct": (masked_logits.argmax(1) == labels).float(),
+            "own_maps": own_maps,
+            "predicted_maps": class_maps[rows, output.logits.argmax(dim=1)].detach(),
+        }
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        step = self._step(batch)
+        terms = step["terms"]
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
+        self.log("train/masked_accuracy", step["masked_correct"].mean(), prog_bar=True)
+        self.log("train/map_area", step["own_maps"].mean())
+        return terms["loss"]
+
+    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
+        step = self._step(batch)
+        self.log_dict({f"{stage}/{k}": v for k, v in step["terms"].items()}, sync_dist=True)
+        self.masked_accuracy.update(step["masked_correct"])
+        self.mask_area.update(step["own_maps"].mean(dim=(1, 2)))
+        self.log(f"{stage}/masked_accuracy", self.masked_accuracy, prog_bar=True)
+        self.log(f"{stage}/map_area", self.mask_area)
+        if "mask" in batch:
+            maps = normalise_maps(upsample_maps(step["predicted_maps"], tuple(batch["mask"].shape[-2:])))
+            self.in_mask_share.update(in_mask_energy(maps, batch["mask"]))
+            self.log(f"{stage}/in_mask_energy", self.in_mask_share, prog_bar=True)
+        if stage == "val" and batch_idx == 0 and self._overlay_images is None:
+            self._overlay_images = batch["image"][: self.hparams.num_overlays].detach()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self._overlay_images is None or self.trainer.sanity_checking:
+            return
+        images = self._overlay_images
+        with torch.no_grad():
+            explanation = self.explainer.explain(images)
+        pairs = torch.stack([images, overlay(images, explanation.maps)], dim=1).flatten(0, 1)
+        grid = to_uint8(torchvision.utils.make_grid(pairs, nrow=2, padding=2))
+        if self.trainer.is_global_zero:
+            directory = Path(self.trainer.default_root_dir) / "overlays"
+            directory.mkdir(parents=True, exist_ok=True)
+            torchvision.io.write_png(grid.permute(2, 0, 1), str(directory / f"epoch_{self.current_epoch:03d}.png"))
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("val/overlays", images=[grid.numpy()], step=self.global_step)
+
+    def configure_optimizers(self) -> Any:
+        head = self.explainer.head
+        weights = [p for name, p in head.named_parameters() if not name.endswith("bias")]
+        biases = [p for name, p in head.named_parameters() if name.endswith("bias")]
+        optimizer = self.optimizer_factory([{"params": weights}, {"params": biases}])
+        optimizer.param_groups[1]["lr"] *= self.hparams.bias_lr_multiplier
+        if not self.hparams.bias_weight_decay:
+            optimizer.param_groups[1]["weight_decay"] = 0.0
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lcam"] = explainer_metadata(self.explainer)
+

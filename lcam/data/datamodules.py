@@ -84,7 +84,11 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
             ]
         )
         self.eval_transform = transforms.Compose(
-            [transforms.Resize(resize_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
+            [
+                transforms.Resize(resize_size),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+            ]
         )
         self.class_names: list[str] | None = None
 
@@ -98,7 +102,9 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
         return _DictDataset(folder)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self._folder(self.train_dir, self.train_transform, "train"), shuffle=True)
+        return self._loader(
+            self._folder(self.train_dir, self.train_transform, "train"), shuffle=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._folder(self.val_dir, self.eval_transform, "val"), shuffle=False)

@@ -18,14 +18,15 @@ class LearnedExplainer(Explainer):
     """Class activation maps from one forward pass of the frozen network.
 
     The body runs once; the tail gives the logits and the head gives the logit maps ``S`` of all
-    ``K`` classes from the same features. The explained map is ``S[b, c_b]`` (``map_activation=
-    "logit"``, the papers' evaluation protocol) or ``sigmoid(S[b, c_b])`` (``"sigmoid"``, the
-    trained attention), then upsampled and min-max normalised.
+    ``K`` classes from the same features. The explained map is the trained attention
+    ``sigmoid(S[b, c_b])`` (``map_activation="sigmoid"``, the default) or the pre-sigmoid logit
+    map ``S[b, c_b]`` (``"logit"``, what the papers' AD/IC protocol min-max normalises), then
+    upsampled and min-max normalised.
 
     Args:
         backbone: the frozen classifier.
         head: registry name of the head (``"lcam_fm"``, ``"lcam_img"``) or a head module.
-        map_activation: ``"logit"`` or ``"sigmoid"``.
+        map_activation: ``"sigmoid"`` (default) or ``"logit"``.
     """
 
     backward_passes = 0.0
@@ -34,7 +35,7 @@ class LearnedExplainer(Explainer):
         self,
         backbone: FrozenBackbone,
         head: str | LCAMHead = "lcam_fm",
-        map_activation: Literal["logit", "sigmoid"] = "logit",
+        map_activation: Literal["sigmoid", "logit"] = "sigmoid",
     ) -> None:
         super().__init__(backbone)
         if isinstance(head, str):
@@ -48,15 +49,17 @@ class LearnedExplainer(Explainer):
         self.map_activation = map_activation
 
     def class_maps(self, images: Tensor) -> tuple[BackboneOutput, Tensor]:
-        """One pass: the backbone output and the logit maps ``S`` ``(B, K, h, w)`` of all classes."""
+        """One pass: the backbone output and logit maps ``S`` ``(B, K, h, w)`` of all classes."""
         output = self.backbone.run(images)
         return output, self.head(output.features)
+
+    def select(self, class_maps: Tensor, targets: Tensor) -> Tensor:
+        """Raw maps ``(B, h, w)`` of ``targets`` ``(B,)`` from logit maps ``(B, K, h, w)``."""
+        selected = class_maps[torch.arange(len(targets), device=targets.device), targets]
+        return selected.sigmoid() if self.map_activation == "sigmoid" else selected
 
     @torch.no_grad()
     def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
         output, class_maps = self.class_maps(images)
         resolved = resolve_targets(output.logits, targets)
-        selected = class_maps[torch.arange(len(resolved), device=resolved.device), resolved]
-        if self.map_activation == "sigmoid":
-            selected = selected.sigmoid()
-        return selected, output.logits, resolved
+        return self.select(class_maps, resolved), output.logits, resolved

@@ -1,0 +1,28 @@
+# Two commands: `make quickstart` and `make test`. Both set up .venv first (once).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+QUICKSTART := outputs/quickstart
+
+.PHONY: setup quickstart test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+quickstart: setup
+	$(BIN)/python scripts/quickstart.py --config configs/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(QUICKSTART) wandb lightning_logs .pytest_cache

@@ -1,0 +1,5 @@
+"""Model definitions shipped with lcam."""
+
+from lcam.models.tiny import TinyResNet
+
+__all__ = ["TinyResNet"]

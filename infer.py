@@ -1,4 +1,7 @@
-"""Explain images or folders with a trained head: ``python infer.py --checkpoint CKPT --input PATH... --output DIR``."""
+"""Explain images or folders in one forward pass each.
+
+    python infer.py --checkpoint CKPT --input PATH... --output DIR
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Train, validate or test an L-CAM head: ``python train.py fit --config configs/quickstart.yaml``."""
+"""Train, validate or test an L-CAM head.
+
+    python train.py fit --config configs/quickstart.yaml
+"""
 
 from lcam.cli import main
 

@@ -17,7 +17,13 @@ from lcam.backbone import FrozenBackbone
 from lcam.explainers.learned import LearnedExplainer
 from lcam.heads import LCAMHead
 
-__all__ = ["build_explainer", "explainer_metadata", "load_explainer", "resolve_device", "save_explainer"]
+__all__ = [
+    "build_explainer",
+    "explainer_metadata",
+    "load_explainer",
+    "resolve_device",
+    "save_explainer",
+]
 
 STATE_PREFIX = "explainer."
 FORMAT_VERSION = 1
@@ -33,7 +39,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def build_explainer(
     backbone: FrozenBackbone,
     head: str | LCAMHead = "lcam_fm",
-    map_activation: Literal["logit", "sigmoid"] = "logit",
+    map_activation: Literal["sigmoid", "logit"] = "sigmoid",
 ) -> LearnedExplainer:
     """An untrained one-pass explainer on ``backbone`` with the head registered as ``head``."""
     return LearnedExplainer(backbone, head, map_activation=map_activation)
@@ -83,7 +89,11 @@ def load_explainer(path: str | Path, device: str | torch.device = "auto") -> Lea
             f"{str(path)!r} is not an lcam checkpoint (loading it as data with "
             f"weights_only=True failed: {error})"
         ) from error
-    if not isinstance(checkpoint, dict) or "lcam" not in checkpoint or "state_dict" not in checkpoint:
+    if (
+        not isinstance(checkpoint, dict)
+        or "lcam" not in checkpoint
+        or "state_dict" not in checkpoint
+    ):
         raise ValueError(
             f"{str(path)!r} is not an lcam checkpoint: it has no 'lcam' metadata and state_dict"
         )

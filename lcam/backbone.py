@@ -182,7 +182,9 @@ def build_model(
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
-        raise ValueError(f"weights file {str(path)!r} does not fit model {model!r}: {error}") from error
+        raise ValueError(
+            f"weights file {str(path)!r} does not fit model {model!r}: {error}"
+        ) from error
     return network, f"file:{path.name}:sha256={_file_digest(path)}", None
 
 
@@ -310,8 +312,12 @@ class FrozenBackbone(nn.Module):
             )
             model_name = model
         self.model = network.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
         self.input_size = input_size
         example = torch.rand(1, 3, input_size, input_size)
         if target_layer is None:
@@ -324,8 +330,9 @@ class FrozenBackbone(nn.Module):
             probe = self.run(example)
         if probe.features.dim() != 4 or probe.logits.dim() != 2:
             raise ValueError(
-                f"target layer {target_layer!r} gives features of shape {tuple(probe.features.shape)} "
-                f"and logits {tuple(probe.logits.shape)}; expected (B, C, h, w) and (B, K)"
+                f"target layer {target_layer!r} gives features of shape "
+                f"{tuple(probe.features.shape)} and logits {tuple(probe.logits.shape)}; "
+                "expected (B, C, h, w) and (B, K)"
             )
         self.feature_channels = int(probe.features.shape[1])
         self.num_classes = int(probe.logits.shape[1])

@@ -32,7 +32,14 @@ from lcam.api import load_explainer, resolve_device
 from lcam.explainers.base import Explainer
 from lcam.viz import overlay, to_uint8
 
-__all__ = ["IMAGE_SUFFIXES", "ImageFiles", "collect_images", "main", "parse_target", "run_inference"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageFiles",
+    "collect_images",
+    "main",
+    "parse_target",
+    "run_inference",
+]
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -66,7 +73,9 @@ def collect_images(inputs: Sequence[str | Path]) -> list[ImageFile]:
                 p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
             )
             if not files:
-                raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {str(entry)!r}")
+                raise ValueError(
+                    f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {str(entry)!r}"
+                )
             found += [ImageFile(p, p.relative_to(entry).with_suffix("").as_posix()) for p in files]
         elif entry.exists() or entry.is_symlink():
             found.append(ImageFile(entry, entry.stem))
@@ -146,12 +155,16 @@ def parse_target(target: str, class_names: Sequence[str] | None, num_classes: in
     if target.lstrip("-").isdigit():
         index = int(target)
         if not 0 <= index < num_classes:
-            raise ValueError(f"--target {index} does not exist: the model has {num_classes} classes")
+            raise ValueError(
+                f"--target {index} does not exist: the model has {num_classes} classes"
+            )
         return index
     if class_names and target in class_names:
         return list(class_names).index(target)
     known = f"one of {', '.join(class_names)}" if class_names else "an index (no class names known)"
-    raise ValueError(f"--target {target!r} is not 'predicted', a class index or a class name ({known})")
+    raise ValueError(
+        f"--target {target!r} is not 'predicted', a class index or a class name ({known})"
+    )
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -168,7 +181,9 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
 
 def _write_outputs(map_: Tensor, overlay_image: Tensor, map_path: Path, overlay_path: Path) -> None:
     _atomic_write(map_path, lambda p: _save_npy(map_.numpy(), p))
-    _atomic_write(overlay_path, lambda p: Image.fromarray(overlay_image.numpy()).save(p, format="PNG"))
+    _atomic_write(
+        overlay_path, lambda p: Image.fromarray(overlay_image.numpy()).save(p, format="PNG")
+    )
 
 
 def _read_records(path: Path) -> dict[str, dict[str, Any]]:
@@ -252,15 +267,26 @@ def run_inference(
                 writes: list[Future] = []
                 for row, index in enumerate(batch["index"]):
                     item, original = pending[index], batch["original"][row]
-                    full_map = F.interpolate(
-                        explanation.maps[row][None, None], size=original.shape[-2:], mode="bilinear"
-                    )[0, 0].clamp(0, 1).float().cpu()
+                    full_map = (
+                        F.interpolate(
+                            explanation.maps[row][None, None],
+                            size=original.shape[-2:],
+                            mode="bilinear",
+                        )[0, 0]
+                        .clamp(0, 1)
+                        .float()
+                        .cpu()
+                    )
                     blended = to_uint8(overlay(original.float()[None] / 255, full_map[None]))[0]
                     record = _record(item, explanation.targets[row].item(), top, row, class_names)
                     record.update(requested=requested, method=explainer.name)
                     writes.append(
                         writers.submit(
-                            _write_outputs, full_map, blended, output / record["map"], output / record["overlay"]
+                            _write_outputs,
+                            full_map,
+                            blended,
+                            output / record["map"],
+                            output / record["overlay"],
                         )
                     )
                     records[item.name] = record
@@ -317,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--map-activation",
         choices=["logit", "sigmoid"],
         default=None,
-        help="explain the pre-sigmoid class map (default, the papers' protocol) or its sigmoid",
+        help="explain the trained attention (sigmoid, default) or the pre-sigmoid class map",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo images already done")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -332,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         explainer = load_explainer(args.checkpoint, device=resolve_device(args.device))
         if args.map_activation:
             explainer.map_activation = args.map_activation
-        target = parse_target(args.target, explainer.backbone.class_names, explainer.backbone.num_classes)
+        target = parse_target(
+            args.target, explainer.backbone.class_names, explainer.backbone.num_classes
+        )
     except (ValueError, FileNotFoundError) as error:
         print(f"infer.py: error: {error}", file=sys.stderr)
         return 2

@@ -84,7 +84,9 @@ class LCAMLoss(nn.Module):
         self.area_exponent, self.border_weight = area_exponent, border_weight
         self.selection = selection
 
-    def forward(self, masked_logits: Tensor, labels: Tensor, attention: Tensor) -> dict[str, Tensor]:
+    def forward(
+        self, masked_logits: Tensor, labels: Tensor, attention: Tensor
+    ) -> dict[str, Tensor]:
         """Loss terms from masked logits ``(B, K)``, labels ``(B,)`` and maps ``(B, K, h, w)``.
 
         Returns:
@@ -97,6 +99,8 @@ class LCAMLoss(nn.Module):
             "tv": total_variation_loss(selected, len(labels), self.border_weight),
         }
         terms["loss"] = (
-            self.ce_weight * terms["ce"] + self.area_weight * terms["area"] + self.tv_weight * terms["tv"]
+            self.ce_weight * terms["ce"]
+            + self.area_weight * terms["area"]
+            + self.tv_weight * terms["tv"]
         )
         return terms

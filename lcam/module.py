@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torchmetrics
 import torchvision
+from PIL import Image
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.loggers import WandbLogger
@@ -21,6 +23,9 @@ from lcam.losses import LCAMLoss, MapSelection
 from lcam.viz import overlay, to_uint8
 
 __all__ = ["LCAMModule", "paper_optimizer", "paper_scheduler"]
+
+# The frozen backbone is kept in eval mode on purpose (BatchNorm statistics, no Dropout).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def paper_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -46,7 +51,8 @@ class LCAMModule(LightningModule):
         target_layer: module to attach the head to (default: detected, see FrozenBackbone).
         input_size: training image side, also stored for inference.
         head: ``"lcam_fm"`` or ``"lcam_img"``.
-        labels: train on the frozen model's ``"predicted"`` classes (papers) or ``"dataset"`` labels.
+        labels: train on the frozen model's ``"predicted"`` classes (papers) or the
+            ``"dataset"`` labels.
         map_selection: maps the regularisers see: ``"batch"`` (official code) or ``"own"``.
         ce_weight, area_weight, tv_weight, area_exponent: loss weights (1.5, 2, 0.01, 0.3).
         optimizer: optimizer factory (default: SGD Nesterov, lr 1e-2, momentum 0.9, wd 5e-4).
@@ -115,7 +121,9 @@ class LCAMModule(LightningModule):
         images = batch["image"]
         with torch.no_grad():
             output = self.backbone.run(images)
-        labels = output.logits.argmax(dim=1) if self.hparams.labels == "predicted" else batch["label"]
+        labels = (
+            output.logits.argmax(dim=1) if self.hparams.labels == "predicted" else batch["label"]
+        )
         class_maps = self.explainer.head(output.features)
         attention = class_maps.sigmoid()
         rows = torch.arange(len(labels), device=labels.device)
@@ -125,7 +133,7 @@ class LCAMModule(LightningModule):
             "terms": self.criterion(masked_logits, labels, attention),
             "masked_correct": (masked_logits.argmax(1) == labels).float(),
             "own_maps": own_maps,
-            "predicted_maps": class_maps[rows, output.logits.argmax(dim=1)].detach(),
+            "predicted_maps": self.explainer.select(class_maps.detach(), output.logits.argmax(1)),
         }
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -144,7 +152,9 @@ class LCAMModule(LightningModule):
         self.log(f"{stage}/masked_accuracy", self.masked_accuracy, prog_bar=True)
         self.log(f"{stage}/map_area", self.mask_area)
         if "mask" in batch:
-            maps = normalise_maps(upsample_maps(step["predicted_maps"], tuple(batch["mask"].shape[-2:])))
+            maps = normalise_maps(
+                upsample_maps(step["predicted_maps"], tuple(batch["mask"].shape[-2:]))
+            )
             self.in_mask_share.update(in_mask_energy(maps, batch["mask"]))
             self.log(f"{stage}/in_mask_energy", self.in_mask_share, prog_bar=True)
         if stage == "val" and batch_idx == 0 and self._overlay_images is None:
@@ -167,7 +177,7 @@ class LCAMModule(LightningModule):
         if self.trainer.is_global_zero:
             directory = Path(self.trainer.default_root_dir) / "overlays"
             directory.mkdir(parents=True, exist_ok=True)
-            torchvision.io.write_png(grid.permute(2, 0, 1), str(directory / f"epoch_{self.current_epoch:03d}.png"))
+            Image.fromarray(grid.numpy()).save(directory / f"epoch_{self.current_epoch:03d}.png")
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("val/overlays", images=[grid.numpy()], step=self.global_step)
@@ -190,4 +200,3 @@ class LCAMModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lcam"] = explainer_metadata(self.explainer)
-

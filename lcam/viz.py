@@ -18,7 +18,7 @@ _ANCHORS = (
 
 
 def apply_colormap(maps: Tensor) -> Tensor:
-    """Colour ``(B, H, W)`` maps in [0, 1] as ``(B, 3, H, W)`` RGB in [0, 1] (blue low, red high)."""
+    """Colour ``(B, H, W)`` maps in [0, 1] as ``(B, 3, H, W)`` RGB (blue low, red high)."""
     anchors = torch.tensor(_ANCHORS, dtype=maps.dtype, device=maps.device)
     position = maps.clamp(0, 1) * (len(_ANCHORS) - 1)
     lower = position.floor().long().clamp(max=len(_ANCHORS) - 2)

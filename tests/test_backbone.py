@@ -48,7 +48,9 @@ def test_tail_resume_runs_no_layer_before_the_target() -> None:
 
 
 def test_split_inside_a_residual_block_carries_the_skip() -> None:
-    backbone = FrozenBackbone("resnet18", num_classes=4, input_size=64, target_layer="layer4.0.conv2")
+    backbone = FrozenBackbone(
+        "resnet18", num_classes=4, input_size=64, target_layer="layer4.0.conv2"
+    )
     images = torch.rand(2, 3, 64, 64)
     output = backbone.run(images)
     assert len(output.skips) == 1  # the block input feeds the residual add after the target

@@ -37,7 +37,9 @@ def test_img_masking_blackens_the_image_before_normalisation() -> None:
     images = torch.rand(2, 3, 32, 32)
     zeros = torch.zeros(2, 4, 4)
     black = backbone(torch.zeros(2, 3, 32, 32))
-    torch.testing.assert_close(head.masked_logits(backbone, images, backbone.run(images), zeros), black)
+    torch.testing.assert_close(
+        head.masked_logits(backbone, images, backbone.run(images), zeros), black
+    )
 
 
 def test_one_pass_equals_the_head_on_separately_computed_features() -> None:
@@ -54,7 +56,7 @@ def test_one_pass_equals_the_head_on_separately_computed_features() -> None:
     predicted = plain_logits.argmax(1)
     torch.testing.assert_close(explanation.logits, plain_logits, rtol=0, atol=1e-6)
     assert torch.equal(explanation.targets, predicted)
-    raw = class_maps[torch.arange(4), predicted]
+    raw = class_maps[torch.arange(4), predicted].sigmoid()
     expected = torch.nn.functional.interpolate(raw[:, None], size=(32, 32), mode="bilinear")[:, 0]
     low = expected.flatten(1).min(1).values[:, None, None]
     high = expected.flatten(1).max(1).values[:, None, None]
@@ -89,7 +91,9 @@ def test_bad_inputs_are_refused_with_reasons() -> None:
 
 
 def test_save_and_load_round_trip(tmp_path) -> None:
-    explainer = lcam.build_explainer(lcam.FrozenBackbone("lcam.models.TinyResNet", num_classes=4, input_size=32))
+    explainer = lcam.build_explainer(
+        lcam.FrozenBackbone("lcam.models.TinyResNet", num_classes=4, input_size=32)
+    )
     torch.nn.init.normal_(explainer.head.conv.weight)
     path = lcam.save_explainer(explainer, tmp_path / "head.pt")
     loaded = lcam.load_explainer(path, device="cpu")

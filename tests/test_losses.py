@@ -22,7 +22,9 @@ def test_total_variation_by_hand() -> None:
     assert total_variation_loss(CENTRE[None], batch_size=1) == pytest.approx(4 / 2)
     # Checkerboard: 2 + 2 jumps; border rows+columns hold 4 ones (corners count in both).
     assert total_variation_loss(CHECKER[None], batch_size=1) == pytest.approx((4 + 0.3 * 4) / 2)
-    assert total_variation_loss(CHECKER[None], batch_size=2, border_weight=0.0) == pytest.approx(1.0)
+    assert total_variation_loss(CHECKER[None], batch_size=2, border_weight=0.0) == pytest.approx(
+        1.0
+    )
 
 
 def _all_class_maps() -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,9 +64,7 @@ def test_weighted_sum_and_cross_entropy() -> None:
     attention, labels = _all_class_maps()
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     terms = LCAMLoss(selection="own")(logits, labels, attention)
-    ce = (
-        -math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(math.e / (math.e + 2))
-    ) / 2
+    ce = (-math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(math.e / (math.e + 2))) / 2
     assert terms["ce"] == pytest.approx(ce, rel=1e-6)
     expected = 1.5 * terms["ce"] + 2 * terms["area"] + 0.01 * terms["tv"]
     assert terms["loss"] == pytest.approx(expected.item(), rel=1e-6)

@@ -335,6 +335,7 @@ class FrozenBackbone(nn.Module):
                 "expected (B, C, h, w) and (B, K)"
             )
         self.feature_channels = int(probe.features.shape[1])
+        self.feature_size = (int(probe.features.shape[-2]), int(probe.features.shape[-1]))
         self.num_classes = int(probe.logits.shape[1])
         self.class_names = list(class_names or known_names or []) or None
         if self.class_names is not None and len(self.class_names) != self.num_classes:

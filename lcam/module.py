@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lcam.api import build_explainer, explainer_metadata
 from lcam.backbone import FrozenBackbone
+from lcam.distillation import Distance, TeacherMaps, map_distance
 from lcam.explainers.base import normalise_maps, upsample_maps
 from lcam.localisation import in_mask_energy
 from lcam.losses import LCAMLoss, MapSelection
@@ -61,6 +62,13 @@ class LCAMModule(LightningModule):
         bias_lr_multiplier: the bias's learning rate relative to the weights' (papers: 2).
         bias_weight_decay: apply weight decay to the bias too (L-CAM: yes, TAME: no).
         num_overlays: validation images shown in the logged overlay grid.
+        teacher: registry name of an explainer to imitate (``"gradcam"``, ``"lime"``, ...):
+            adds ``distill_weight * distance(head map, teacher map)`` to the training loss.
+        teacher_options: keyword options of the teacher explainer.
+        distill_weight: ``lambda`` of the distillation term.
+        distill_distance: ``"mse"`` or ``"l1"``.
+        teacher_cache: file of teacher maps for every training image, built on the first fit if
+            missing (needs deterministic training images: no random augmentation).
     """
 
     def __init__(
@@ -83,6 +91,11 @@ class LCAMModule(LightningModule):
         bias_lr_multiplier: float = 2.0,
         bias_weight_decay: bool = True,
         num_overlays: int = 8,
+        teacher: str | None = None,
+        teacher_options: dict[str, Any] | None = None,
+        distill_weight: float = 1.0,
+        distill_distance: Distance = "mse",
+        teacher_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -97,6 +110,9 @@ class LCAMModule(LightningModule):
         self.explainer = build_explainer(frozen, head)
         self.criterion = LCAMLoss(
             ce_weight, area_weight, tv_weight, area_exponent=area_exponent, selection=map_selection
+        )
+        self.teacher = (
+            TeacherMaps(teacher, frozen, teacher_options, teacher_cache) if teacher else None
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -117,19 +133,21 @@ class LCAMModule(LightningModule):
         if self.backbone.class_names is None and names and len(names) == self.backbone.num_classes:
             self.backbone.class_names = list(names)
 
+    def _labels(self, batch: dict[str, Tensor], logits: Tensor) -> Tensor:
+        return logits.argmax(dim=1) if self.hparams.labels == "predicted" else batch["label"]
+
     def _step(self, batch: dict[str, Tensor]) -> dict[str, Any]:
         images = batch["image"]
         with torch.no_grad():
             output = self.backbone.run(images)
-        labels = (
-            output.logits.argmax(dim=1) if self.hparams.labels == "predicted" else batch["label"]
-        )
+        labels = self._labels(batch, output.logits)
         class_maps = self.explainer.head(output.features)
         attention = class_maps.sigmoid()
         rows = torch.arange(len(labels), device=labels.device)
         own_maps = attention[rows, labels]
         masked_logits = self.explainer.head.masked_logits(self.backbone, images, output, own_maps)
         return {
+            "labels": labels,
             "terms": self.criterion(masked_logits, labels, attention),
             "masked_correct": (masked_logits.argmax(1) == labels).float(),
             "own_maps": own_maps,
@@ -139,6 +157,13 @@ class LCAMModule(LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         step = self._step(batch)
         terms = step["terms"]
+        if self.teacher is not None:
+            own_maps = step["own_maps"]
+            teacher_maps = self.teacher.lookup(
+                batch["image"], step["labels"], batch.get("index"), tuple(own_maps.shape[-2:])
+            )
+            terms["distill"] = map_distance(own_maps, teacher_maps, self.hparams.distill_distance)
+            terms["loss"] = terms["loss"] + self.hparams.distill_weight * terms["distill"]
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
         self.log("train/masked_accuracy", step["masked_correct"].mean(), prog_bar=True)
         self.log("train/map_area", step["own_maps"].mean())
@@ -181,6 +206,25 @@ class LCAMModule(LightningModule):
         for logger in self.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("val/overlays", images=[grid.numpy()], step=self.global_step)
+
+    def on_fit_start(self) -> None:
+        """Build or load the teacher cache over the training set, in dataset order."""
+        if self.teacher is None or self.teacher.cache_path is None:
+            return
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "train_augment", False):
+            raise ValueError(
+                "teacher_cache needs the same training images every epoch: set "
+                "data.init_args.train_augment=false"
+            )
+        dataset = datamodule.train_dataloader().dataset
+        labels_for = lambda batch: self._labels(batch, self.backbone(batch["image"]))  # noqa: E731
+        settings = (dataset, labels_for, self.hparams.labels, self.backbone.feature_size)
+        if self.trainer.is_global_zero:
+            self.teacher.prepare(*settings)
+        self.trainer.strategy.barrier()
+        if not self.trainer.is_global_zero:
+            self.teacher.prepare(*settings, is_builder=False)
 
     def configure_optimizers(self) -> Any:
         head = self.explainer.head

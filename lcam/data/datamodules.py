@@ -28,7 +28,11 @@ class _DictDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = self.dataset[index]
-        return {"image": image, "label": torch.tensor(label, dtype=torch.long)}
+        return {
+            "image": image,
+            "label": torch.tensor(label, dtype=torch.long),
+            "index": torch.tensor(index),
+        }
 
 
 class _LoaderMixin:
@@ -51,12 +55,14 @@ class _LoaderMixin:
 class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
     """ImageNet-style folders (``root/<class>/<image>``) with the papers' transforms.
 
-    Train: Resize(``resize_size``), RandomCrop(``image_size``), horizontal flip. Eval:
-    Resize(``resize_size``), CenterCrop(``image_size``). No normalisation: the backbone does it.
+    Train: Resize(``resize_size``), RandomCrop(``image_size``), horizontal flip (or, with
+    ``train_augment=False``, the eval transform). Eval: Resize(``resize_size``),
+    CenterCrop(``image_size``). No normalisation: the backbone does it.
 
     Args:
         train_dir, val_dir, test_dir: class-per-subfolder roots (``test_dir`` defaults to val).
         image_size, resize_size: crop side and shorter-side resize (224, 256).
+        train_augment: random crop and flip for training (off for a teacher cache).
         batch_size, num_workers: loader settings.
         pin_memory: ``None`` pins when CUDA is available.
     """
@@ -68,11 +74,13 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
         test_dir: str | None = None,
         image_size: int = 224,
         resize_size: int = 256,
+        train_augment: bool = True,
         batch_size: int = 64,
         num_workers: int = 4,
         pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
+        self.train_augment = train_augment
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir or val_dir
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.train_transform = transforms.Compose(
@@ -102,9 +110,8 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
         return _DictDataset(folder)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(
-            self._folder(self.train_dir, self.train_transform, "train"), shuffle=True
-        )
+        transform = self.train_transform if self.train_augment else self.eval_transform
+        return self._loader(self._folder(self.train_dir, transform, "train"), shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._folder(self.val_dir, self.eval_transform, "val"), shuffle=False)

@@ -189,7 +189,8 @@ class SyntheticShapes(Dataset):
     Each item is a dict with
         ``image``: float32 ``(3, S, S)`` RGB in [0, 1] (not normalised),
         ``label``: int64 scalar tensor in ``[0, num_classes)``,
-        ``mask``: bool ``(S, S)``, exactly the pixels painted by the object.
+        ``mask``: bool ``(S, S)``, exactly the pixels painted by the object,
+        ``index``: int64 scalar tensor, the item's index (for per-item caches).
     """
 
     def __init__(
@@ -225,7 +226,7 @@ class SyntheticShapes(Dataset):
         if not 0 <= index < self.size:
             raise IndexError(f"index out of range for dataset of size {self.size}")
         g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + index)
-        return _render(g, self.num_classes, self.image_size)
+        return {**_render(g, self.num_classes, self.image_size), "index": torch.tensor(index)}
 
 
 def export_images(

@@ -33,9 +33,9 @@ def test_output_and_stage_shapes_at_64px():
     assert logits.shape == (2, 6)
     assert shapes == {
         "stem": (2, 32, 64, 64),
-        "layer1": (2, 32, 64, 64),
-        "layer2": (2, 64, 32, 32),
-        "layer3": (2, 128, 16, 16),
+        "layer1": (2, 32, 32, 32),
+        "layer2": (2, 64, 16, 16),
+        "layer3": (2, 128, 8, 8),
         "layer4": (2, 128, 8, 8),
         "avgpool": (2, 128, 1, 1),
     }
@@ -57,8 +57,8 @@ def test_structure_and_parameter_count():
     assert isinstance(model.avgpool, torch.nn.AdaptiveAvgPool2d)
     assert isinstance(model.layer4[-1].relu2, torch.nn.ReLU)
     # projection shortcuts exactly where the shape changes
-    assert isinstance(model.layer1[0].downsample, torch.nn.Identity)
-    for layer in (model.layer2, model.layer3, model.layer4):
+    assert isinstance(model.layer4[0].downsample, torch.nn.Identity)
+    for layer in (model.layer1, model.layer2, model.layer3):
         assert isinstance(layer[0].downsample[0], torch.nn.Conv2d)
     assert sum(p.numel() for p in model.parameters()) < 700_000
 

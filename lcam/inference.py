@@ -23,13 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lcam.api import load_explainer, resolve_device
+from lcam.backbone import FrozenBackbone
+from lcam.explainers.activation_max import activation_maximisation
 from lcam.explainers.base import Explainer
+from lcam.explainers.registry import get_explainer
 from lcam.viz import overlay, to_uint8
 
 __all__ = [
@@ -327,37 +331,134 @@ def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``infer.py``."""
     parser = argparse.ArgumentParser(
         prog="infer.py",
-        description="Explain images with a trained lcam head in one forward pass each.",
+        description=(
+            "Explain images: with a trained lcam head in one forward pass each (default), or "
+            "with a classic explainer on the same backbone (--method)."
+        ),
     )
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint or explainer file")
-    parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    parser.add_argument(
+        "--method",
+        default="lcam",
+        help="lcam (the trained head, default), a classic explainer name (gradcam, lime, ...) or "
+        "activation_max",
+    )
+    parser.add_argument("--checkpoint", help="training checkpoint or explainer file")
+    parser.add_argument(
+        "--backbone", help="for classic methods without a checkpoint: model name or class path"
+    )
+    parser.add_argument("--weights", help="with --backbone: torchvision weights name or file")
+    parser.add_argument("--num-classes", type=int, help="with --backbone: number of classes")
+    parser.add_argument("--target-layer", help="with --backbone: layer to explain at")
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="explainer option, repeatable (e.g. --option num_samples=500); values are YAML",
+    )
+    parser.add_argument("--input", nargs="+", help="image files and/or folders")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
-        "--target", default="predicted", help="'predicted' (default), a class index or a class name"
+        "--target",
+        default="predicted",
+        help="'predicted' (default), a class index or a class name; for activation_max a "
+        "comma-separated list",
     )
+    parser.add_argument("--layer", help="activation_max: maximise channels of this layer")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
-    parser.add_argument("--image-size", type=int, default=None, help="default: the training size")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="default: the backbone's input size"
+    )
     parser.add_argument(
         "--map-activation",
         choices=["logit", "sigmoid"],
         default=None,
-        help="explain the trained attention (sigmoid, default) or the pre-sigmoid class map",
+        help="lcam: explain the trained attention (sigmoid, default) or the pre-sigmoid class map",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo images already done")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["num_samples=500", "fill=[0.5, 0.5, 0.5]"]`` -> keyword options (values read as YAML)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--option {pair!r} is not KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+def _backbone_from_args(args: argparse.Namespace) -> FrozenBackbone:
+    if args.checkpoint:
+        return load_explainer(args.checkpoint, device="cpu").backbone
+    if not args.backbone:
+        raise ValueError(
+            f"--method {args.method} needs --backbone (or a --checkpoint to take it from)"
+        )
+    return FrozenBackbone(
+        args.backbone,
+        weights=args.weights,
+        num_classes=args.num_classes,
+        target_layer=args.target_layer,
+        input_size=args.image_size or 224,
+    )
+
+
+def build_explainer_from_args(args: argparse.Namespace) -> Explainer:
+    """The explainer ``infer.py`` runs, on the requested device."""
+    device = resolve_device(args.device)
+    if args.method == "lcam":
+        if not args.checkpoint:
+            raise ValueError("--method lcam needs --checkpoint (a trained head)")
+        explainer = load_explainer(args.checkpoint, device=device)
+        if args.map_activation:
+            explainer.map_activation = args.map_activation
+        return explainer
+    return get_explainer(
+        args.method, _backbone_from_args(args).to(device), **parse_options(args.option)
+    )
+
+
+def _activation_max(args: argparse.Namespace) -> int:
+    backbone = _backbone_from_args(args).to(resolve_device(args.device))
+    requested = [item.strip() for item in args.target.split(",")]
+    if args.layer is not None:
+        if not all(item.isdigit() for item in requested):
+            raise ValueError(f"--target for --layer {args.layer} must be channel indices")
+        targets = [int(item) for item in requested]
+    else:
+        targets = [parse_target(i, backbone.class_names, backbone.num_classes) for i in requested]
+        if None in targets:
+            raise ValueError("activation_max needs --target with class indices or names")
+    images = activation_maximisation(
+        backbone, targets, layer=args.layer, size=args.image_size, **parse_options(args.option)
+    )
+    output = Path(args.output)
+    for target, image in zip(targets, to_uint8(images), strict=True):
+        unit = f"{args.layer}_channel{target}" if args.layer else f"class{target}"
+        _atomic_write(
+            output / f"activation_max_{unit}.png",
+            lambda p, image=image: Image.fromarray(image.numpy()).save(p, format="PNG"),
+        )
+    print(f"wrote {len(targets)} activation maximisation images to {output}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``infer.py``; returns the exit code (0: all done, 1: some inputs failed, 2: usage)."""
     args = build_parser().parse_args(argv)
     try:
+        if args.method == "activation_max":
+            return _activation_max(args)
+        if not args.input:
+            raise ValueError("--input is required")
         files = collect_images(args.input)
-        explainer = load_explainer(args.checkpoint, device=resolve_device(args.device))
-        if args.map_activation:
-            explainer.map_activation = args.map_activation
+        explainer = build_explainer_from_args(args)
         target = parse_target(
             args.target, explainer.backbone.class_names, explainer.backbone.num_classes
         )

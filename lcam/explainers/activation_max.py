@@ -101,10 +101,11 @@ def activation_maximisation(
                 units = captured[-1].mean(dim=(2, 3))
                 limit = units.shape[1]
             if int(targets.max()) >= limit or int(targets.min()) < 0:
-                kind = "class" if layer is None else f"channel of {layer!r}"
-                raise ValueError(f"target {targets.tolist()} out of range: {limit} {kind}s")
+                units_name = "classes" if layer is None else f"channels in {layer!r}"
+                raise ValueError(f"targets {targets.tolist()} out of range: {limit} {units_name}")
             score = units[rows, targets]
-            penalty = l2_weight * (images - 0.5).pow(2).mean() + tv_weight * _total_variation(images)
+            penalty = l2_weight * (images - 0.5).pow(2).mean()
+            penalty = penalty + tv_weight * _total_variation(images)
             loss = -score.sum() + len(targets) * penalty
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,6 +1,6 @@
 """Explain images or folders in one forward pass each.
 
-    python infer.py --checkpoint CKPT --input PATH... --output DIR
+python infer.py --checkpoint CKPT --input PATH... --output DIR
 """
 
 import sys

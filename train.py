@@ -1,6 +1,6 @@
 """Train, validate or test an L-CAM head.
 
-    python train.py fit --config configs/quickstart.yaml
+python train.py fit --config configs/quickstart.yaml
 """
 
 from lcam.cli import main

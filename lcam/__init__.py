@@ -2,13 +2,13 @@
 
 from lcam.api import build_explainer, load_explainer, save_explainer
 from lcam.backbone import BackboneOutput, FrozenBackbone, WeightsUnavailableError
-from lcam.explainers.base import Explainer
-from lcam.explainers.learned import LearnedExplainer
+from lcam.explainers import EXPLAINERS, Explainer, LearnedExplainer, get_explainer
 from lcam.explanation import Explanation
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXPLAINERS",
     "BackboneOutput",
     "Explainer",
     "Explanation",
@@ -17,6 +17,7 @@ __all__ = [
     "WeightsUnavailableError",
     "__version__",
     "build_explainer",
+    "get_explainer",
     "load_explainer",
     "save_explainer",
 ]

@@ -282,4 +282,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as err:
         parser.error(str(err))
     print(f"wrote {len(paths)} images to {args.outdir}")
-

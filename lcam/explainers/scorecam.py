@@ -1,0 +1,179 @@
+"""Gradient-free CAMs that weight target-layer channels by perturbing them: Score-CAM and
+Ablation-CAM.
+
+Both produce ``S_c = ReLU(sum_k w_k F_k)`` from the target-layer features ``F`` ``(B, C, h, w)``
+and differ in how the channel weights ``w`` ``(B, C)`` are measured:
+
+* **Score-CAM** (Wang et al., CVPRW 2020) masks the *input* with each channel;
+* **Ablation-CAM** (Desai & Ramaswamy, WACV 2020) zeroes each channel and re-runs only the *tail*
+  of the network from the modified features.
+
+The ``C`` perturbed inputs (or feature maps) of every image are built as tensors chunk by chunk
+and run in batches of ``batch_size``.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lcam.backbone import BackboneOutput, FrozenBackbone
+from lcam.explainers.base import Explainer, Targets, resolve_targets
+from lcam.explainers.cam import weighted_channel_sum
+from lcam.explainers.perturbation import class_scores, evaluate_pairs
+from lcam.explainers.registry import register_explainer
+
+__all__ = ["AblationCAM", "PerturbationChannelCAM", "ScoreCAM"]
+
+
+class PerturbationChannelCAM(Explainer):
+    """Base of CAMs whose map is ``ReLU(sum_k w_k F_k)`` with perturbation-measured weights.
+
+    Subclasses implement :meth:`weights_from`, which gets the clean pass (features, logits,
+    skips) and returns ``w`` ``(B, C)``.
+
+    Args:
+        backbone: the frozen classifier.
+        batch_size: perturbed inputs (or feature maps) per forward pass.
+    """
+
+    backward_passes = 0.0
+
+    def __init__(self, backbone: FrozenBackbone, batch_size: int = 32) -> None:
+        super().__init__(backbone)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.forward_passes = float(backbone.feature_channels + 1)
+
+    @abstractmethod
+    def weights_from(self, images: Tensor, output: BackboneOutput, targets: Tensor) -> Tensor:
+        """Channel weights ``(B, C)`` for the classes ``targets`` ``(B,)``."""
+
+    @torch.no_grad()
+    def channel_weights(self, images: Tensor, targets: Targets = None) -> tuple[Tensor, Tensor]:
+        """Channel weights ``(B, C)`` and resolved targets ``(B,)`` of ``(B, 3, H, W)`` images."""
+        images = images.to(self.device)
+        output = self.backbone.run(images)
+        resolved = resolve_targets(output.logits, targets)
+        return self.weights_from(images, output, resolved), resolved
+
+    @torch.no_grad()
+    def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
+        output = self.backbone.run(images)
+        resolved = resolve_targets(output.logits, targets)
+        weights = self.weights_from(images, output, resolved)
+        maps = weighted_channel_sum(weights, output.features.float())
+        self.forward_passes = float(output.features.shape[1] + 1)
+        return maps, output.logits, resolved
+
+
+@register_explainer("scorecam")
+class ScoreCAM(PerturbationChannelCAM):
+    r"""Score-CAM: each channel, used as an input mask, is weighted by the score it keeps.
+
+    For each channel ``k``, ``F_k`` ``(h, w)`` is upsampled bilinearly to the input size and
+    min-max normalised, ``H_k = (U_k - min U_k) / (max U_k - min U_k + 1e-8)`` (a constant
+    channel becomes an all-zero, i.e. black, mask); the masked image ``x * H_k`` (in [0, 1]
+    space, so hidden pixels are black) goes through the network and
+
+    * ``weighting="probability"`` (default; the paper and its official code):
+      ``w_k = softmax(f(x * H_k))_c``, the class-``c`` probability;
+    * ``weighting="channel_softmax"`` (pytorch-grad-cam 1.5.7's ``ScoreCAM``):
+      ``w = softmax_k(y_c(x * H_k))``, a softmax *over the channels* of the class logits.
+
+    The map is ``ReLU(sum_k w_k F_k)`` ``(B, h, w)``. pytorch-grad-cam also upsamples with
+    ``align_corners=True`` (``nn.UpsamplingBilinear2d``); the official Score-CAM code uses
+    ``align_corners=False``, our default.
+
+    Passes per image: ``C + 1`` full forwards (one per channel plus the clean pass), no backward.
+
+    Args:
+        backbone: the frozen classifier.
+        batch_size: masked images per forward pass.
+        weighting: ``"probability"`` or ``"channel_softmax"``.
+        align_corners: ``align_corners`` of the bilinear upsampling of the channels.
+    """
+
+    def __init__(
+        self,
+        backbone: FrozenBackbone,
+        batch_size: int = 32,
+        weighting: Literal["probability", "channel_softmax"] = "probability",
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__(backbone, batch_size)
+        if weighting not in ("probability", "channel_softmax"):
+            raise ValueError(
+                f"weighting must be 'probability' or 'channel_softmax', got {weighting!r}"
+            )
+        self.weighting = weighting
+        self.align_corners = align_corners
+
+    def channel_masks(self, features: Tensor, size: tuple[int, int]) -> Tensor:
+        """Upsampled, per-map min-max normalised masks: ``(n, h, w)`` -> ``(n, H, W)``."""
+        up = F.interpolate(
+            features[:, None].float(), size=size, mode="bilinear", align_corners=self.align_corners
+        )[:, 0]
+        flat = up.flatten(1)
+        low = flat.min(dim=1).values.view(-1, 1, 1)
+        high = flat.max(dim=1).values.view(-1, 1, 1)
+        return (up - low) / (high - low + 1e-8)
+
+    def weights_from(self, images: Tensor, output: BackboneOutput, targets: Tensor) -> Tensor:
+        features = output.features
+        size = (images.shape[-2], images.shape[-1])
+        score = "probability" if self.weighting == "probability" else "logit"
+
+        def evaluate(image_idx: Tensor, channel: Tensor) -> Tensor:
+            masks = self.channel_masks(features[image_idx, channel], size)
+            inputs = images[image_idx] * masks[:, None].to(images.dtype)
+            return class_scores(self.backbone(inputs), targets[image_idx], score)
+
+        batch, channels = features.shape[:2]
+        scores = evaluate_pairs(batch, channels, self.batch_size, evaluate, images.device)
+        return scores if self.weighting == "probability" else scores.softmax(dim=1)
+
+
+@register_explainer("ablationcam")
+class AblationCAM(PerturbationChannelCAM):
+    r"""Ablation-CAM: a channel's weight is the relative score drop when it is zeroed.
+
+    With ``y_c`` the class-``c`` logit of the clean pass and ``y_c^{(k)}`` the logit after setting
+    channel ``k`` of the target-layer features to zero and resuming the forward from there
+    (``backbone.tail(F with F_k = 0, skips)``; the layers before the target layer are not re-run),
+
+    .. math::
+        w_k = \frac{y_c - y_c^{(k)}}{y_c}, \qquad S_c = \mathrm{ReLU}\Big(\sum_k w_k F_k\Big).
+
+    As in the paper (and pytorch-grad-cam) the score is the pre-softmax logit; note that a negative
+    ``y_c`` flips the sign of every weight (the definition's, not ours). ``|y_c| < 1e-8`` is
+    replaced by ``+-1e-8`` to avoid a division by zero.
+
+    Passes per image: ``forward_passes = C + 1``, of which one is a full forward (the clean pass)
+    and ``C`` run only the tail (from the target layer to the logits); no backward.
+
+    Args:
+        backbone: the frozen classifier.
+        batch_size: ablated feature maps per tail pass.
+    """
+
+    def weights_from(self, images: Tensor, output: BackboneOutput, targets: Tensor) -> Tensor:
+        features, skips = output.features, output.skips
+
+        def evaluate(image_idx: Tensor, channel: Tensor) -> Tensor:
+            ablated = features[image_idx]  # advanced indexing copies
+            ablated[torch.arange(len(channel), device=channel.device), channel] = 0
+            logits = self.backbone.tail(ablated, tuple(skip[image_idx] for skip in skips))
+            return class_scores(logits, targets[image_idx], "logit")
+
+        batch, channels = features.shape[:2]
+        ablated = evaluate_pairs(batch, channels, self.batch_size, evaluate, images.device)
+        clean = class_scores(output.logits, targets, "logit")[:, None]
+        eps = 1e-8
+        denominator = torch.where(clean >= 0, clean.clamp_min(eps), clean.clamp_max(-eps))
+        return (clean - ablated) / denominator

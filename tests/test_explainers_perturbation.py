@@ -1,0 +1,193 @@
+"""RISE and occlusion: planted answers, exact formulas, seeds and pass counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_backbone
+from torch import nn
+
+import lcam.explainers.perturbation as perturbation
+from lcam.backbone import FrozenBackbone
+from lcam.explainers.registry import EXPLAINERS
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is far faster under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class PlantedRegion(nn.Module):
+    """Class-0 logit = gain * (mean grey level of the top-left quadrant) - offset; class 1 = 0."""
+
+    def __init__(self, size: int = SIZE, gain: float = 10.0, offset: float = 0.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 1 / 3)
+        region = torch.zeros(1, 1, size, size)
+        region[..., : size // 2, : size // 2] = 1 / (size // 2) ** 2
+        self.register_buffer("region", region)
+        self.gain, self.offset = gain, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = self.conv(x)
+        mean = (grey * self.region).flatten(1).sum(dim=1, keepdim=True)
+        return torch.cat([self.gain * mean - self.offset, torch.zeros_like(mean)], dim=1)
+
+
+def blocky_images(batch: int = 1, seed: int = 0, block: int = 8) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    colours = 0.3 + 0.7 * torch.rand(batch, 3, SIZE // block, SIZE // block, generator=generator)
+    return F.interpolate(colours, scale_factor=block, mode="nearest")
+
+
+def planted_backbone(images: torch.Tensor, gain: float = 10.0) -> FrozenBackbone:
+    """The planted model with its offset set so that the clean class-0 logit is about 1."""
+    top_left = images[0, :, : SIZE // 2, : SIZE // 2].mean().item()
+    model = PlantedRegion(gain=gain, offset=gain * top_left - 1.0)
+    return FrozenBackbone(
+        model, input_size=SIZE, target_layer="conv", mean=(0, 0, 0), std=(1, 1, 1)
+    )
+
+
+def assert_planted(maps: torch.Tensor, margin: float) -> None:
+    inside = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    inside[: SIZE // 2, : SIZE // 2] = True
+    for saliency in maps:
+        row, col = divmod(int(saliency.argmax()), SIZE)
+        assert inside[row, col], f"argmax at ({row}, {col}) is outside the planted region"
+        gap = saliency[inside].mean() - saliency[~inside].mean()
+        assert gap > margin, f"inside - outside = {gap:.3f}"
+
+
+class PassCounter:
+    """Images seen by the first layer (full forwards) and by the classifier layer (tails)."""
+
+    def __init__(self, first: nn.Module, last: nn.Module) -> None:
+        self.full = self.tail = 0
+        self.handles = [
+            first.register_forward_hook(lambda m, i, o: self._add("full", o)),
+            last.register_forward_hook(lambda m, i, o: self._add("tail", o)),
+        ]
+
+    def _add(self, name: str, output: torch.Tensor) -> None:
+        setattr(self, name, getattr(self, name) + output.shape[0])
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_registered() -> None:
+    assert EXPLAINERS["rise"] is perturbation.RISE
+    assert EXPLAINERS["occlusion"] is perturbation.Occlusion
+
+
+def test_rise_planted_region() -> None:
+    images = blocky_images()
+    explainer = perturbation.RISE(planted_backbone(images), num_masks=1000, s=4, batch_size=250)
+    result = explainer.explain(images, targets=0)
+    assert_planted(result.maps, margin=0.3)
+
+
+def test_occlusion_planted_region() -> None:
+    images = blocky_images()
+    explainer = perturbation.Occlusion(planted_backbone(images), patch_size=8, stride=4)
+    result = explainer.explain(images, targets=0)
+    assert_planted(result.maps, margin=0.5)
+    # the score does not depend on pixels outside the quadrant: patches there change nothing
+    raw, _, _ = explainer.compute_maps(images, 0)
+    assert raw[0, SIZE // 2 + 4 :, :].abs().max() < 1e-6
+    assert raw[0, :, SIZE // 2 + 4 :].abs().max() < 1e-6
+
+
+def test_occlusion_exact_values() -> None:
+    """Non-overlapping 16x16 patches: the map of a quadrant is its own score drop."""
+    images = blocky_images()
+    backbone = planted_backbone(images)
+    explainer = perturbation.Occlusion(backbone, patch_size=16, stride=16, fill=0.5, score="logit")
+    raw, logits, _ = explainer.compute_maps(images, 0)
+    occluded = images.clone()
+    occluded[..., :16, :16] = 0.5
+    expected = logits[0, 0] - backbone(occluded)[0, 0]
+    assert torch.allclose(raw[0, :16, :16], expected.expand(16, 16), atol=1e-5)
+    assert raw[0, 16:].abs().max() < 1e-6 and raw[0, :, 16:].abs().max() < 1e-6
+    assert explainer.forward_passes == 4 + 1
+
+
+def test_occlusion_covers_border_and_averages() -> None:
+    """Side 30, patch 8, stride 8: positions 0, 8, 16 and 22 (flush with the border)."""
+    rows = perturbation.Occlusion._windows(30, 8, 8, torch.device("cpu"))
+    assert rows.shape == (4, 30)
+    assert rows.any(0).all()
+    assert rows[-1].nonzero().flatten().tolist() == list(range(22, 30))
+
+
+def test_rise_matches_formula_and_is_chunk_invariant() -> None:
+    backbone = tiny_backbone()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    targets = torch.tensor([1, 3])
+    explainer = perturbation.RISE(backbone, num_masks=50, s=5, p=0.4, batch_size=7)
+    raw, _, _ = explainer.compute_maps(images, targets)
+
+    masks = explainer.masks((SIZE, SIZE))
+    assert masks.shape == (50, SIZE, SIZE)
+    assert masks.min() >= 0 and masks.max() <= 1
+    assert 0.25 < masks.mean() < 0.55  # about p
+    with torch.no_grad():
+        expected = torch.stack(
+            [
+                torch.einsum(
+                    "n,nhw->hw",
+                    backbone(images[b] * masks[:, None]).softmax(1)[:, targets[b]],
+                    masks,
+                )
+                for b in range(2)
+            ]
+        ) / (50 * 0.4)
+    assert torch.allclose(raw, expected, atol=1e-5)
+
+    other, _, _ = perturbation.RISE(backbone, num_masks=50, s=5, p=0.4, batch_size=64).compute_maps(
+        images, targets
+    )
+    assert torch.allclose(raw, other, atol=1e-5)
+
+
+def test_rise_seeds() -> None:
+    backbone = tiny_backbone()
+    images = torch.rand(1, 3, SIZE, SIZE)
+    first = perturbation.RISE(backbone, num_masks=40, seed=3).explain(images).maps
+    again = perturbation.RISE(backbone, num_masks=40, seed=3).explain(images).maps
+    other = perturbation.RISE(backbone, num_masks=40, seed=4).explain(images).maps
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other, atol=1e-3)
+    state = torch.random.get_rng_state()
+    perturbation.RISE(backbone, num_masks=5, seed=None).explain(images)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("rise", {"num_masks": 30, "batch_size": 8}, 31),
+        ("occlusion", {"patch_size": 16, "stride": 8, "batch_size": 4}, 3 * 3 + 1),
+    ],
+)
+def test_forward_pass_counts(name: str, options: dict, expected: int) -> None:
+    backbone = tiny_backbone()
+    images = torch.rand(3, 3, SIZE, SIZE)
+    counter = PassCounter(backbone.model.stem[0], backbone.model.fc)
+    try:
+        result = EXPLAINERS[name](backbone, **options).explain(images)
+    finally:
+        counter.remove()
+    assert result.forward_passes == expected == counter.full / 3 == counter.tail / 3
+    assert result.backward_passes == 0
+    assert result.maps.shape == (3, SIZE, SIZE)

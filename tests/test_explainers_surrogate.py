@@ -1,0 +1,259 @@
+"""LIME and KernelSHAP: exact linear fits, efficiency, planted answers, lime agreement, seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_backbone
+from torch import nn
+
+import lcam.explainers.surrogate as surrogate
+from lcam.backbone import FrozenBackbone
+from lcam.explainers.registry import EXPLAINERS
+
+SIZE = 32
+GRID = 4  # 4 x 4 blocks of 8 x 8 pixels
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is far faster under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def grid_segments(image: np.ndarray) -> np.ndarray:
+    """Superpixels = the 4 x 4 blocks (a segmentation function, as users may pass)."""
+    rows = np.arange(image.shape[0]) * GRID // image.shape[0]
+    cols = np.arange(image.shape[1]) * GRID // image.shape[1]
+    return rows[:, None] * GRID + cols[None, :]
+
+
+def smooth_images(batch: int = 1, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, 3, 6, 6, generator=generator)
+    return F.interpolate(coarse, size=SIZE, mode="bilinear", align_corners=False)
+
+
+def blocky_images(batch: int = 1, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    colours = 0.3 + 0.7 * torch.rand(batch, 3, GRID, GRID, generator=generator)
+    return F.interpolate(colours, scale_factor=SIZE // GRID, mode="nearest")
+
+
+class PlantedRegion(nn.Module):
+    """Class-0 logit = gain * (mean grey level of the top-left quadrant) - offset; class 1 = 0."""
+
+    def __init__(self, gain: float = 10.0, offset: float = 0.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 1 / 3)
+        region = torch.zeros(1, 1, SIZE, SIZE)
+        region[..., : SIZE // 2, : SIZE // 2] = 1 / (SIZE // 2) ** 2
+        self.register_buffer("region", region)
+        self.gain, self.offset = gain, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = self.conv(x)
+        mean = (grey * self.region).flatten(1).sum(dim=1, keepdim=True)
+        return torch.cat([self.gain * mean - self.offset, torch.zeros_like(mean)], dim=1)
+
+
+class LinearInBlocks(nn.Module):
+    """P(class 0) = a_0 + sum_j a_j r_j exactly, r_j = grey mean of block j / its clean value
+    (1 when shown, 0 when blacked out); logits (log p, log(1 - p))."""
+
+    def __init__(self, clean: torch.Tensor, intercept: float, slopes: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 1 / 3)
+        self.pool = nn.AdaptiveAvgPool2d(GRID)
+        with torch.no_grad():
+            self.register_buffer("clean", self.pool(self.conv(clean)).flatten(1))
+        self.register_buffer("slopes", slopes)
+        self.intercept = intercept
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shown = self.pool(self.conv(x)).flatten(1) / self.clean
+        p = self.intercept + (shown * self.slopes).sum(dim=1, keepdim=True)
+        return torch.cat([p.log(), (1 - p).log()], dim=1)
+
+
+def raw_backbone(model: nn.Module) -> FrozenBackbone:
+    return FrozenBackbone(
+        model, input_size=SIZE, target_layer="conv", mean=(0, 0, 0), std=(1, 1, 1)
+    )
+
+
+def planted_backbone(images: torch.Tensor) -> FrozenBackbone:
+    top_left = images[0, :, : SIZE // 2, : SIZE // 2].mean().item()
+    return raw_backbone(PlantedRegion(gain=10.0, offset=10.0 * top_left - 1.0))
+
+
+def linear_case() -> tuple[FrozenBackbone, torch.Tensor, float, torch.Tensor]:
+    images = blocky_images()
+    slopes = torch.linspace(-0.015, 0.035, GRID * GRID)[torch.randperm(GRID * GRID)]
+    return raw_backbone(LinearInBlocks(images, 0.3, slopes)), images, 0.3, slopes
+
+
+def inside_quadrant() -> torch.Tensor:
+    inside = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    inside[: SIZE // 2, : SIZE // 2] = True
+    return inside
+
+
+def test_registered() -> None:
+    assert EXPLAINERS["lime"] is surrogate.LIME
+    assert EXPLAINERS["kernel_shap"] is surrogate.KernelSHAP
+
+
+def test_lime_recovers_linear_contributions() -> None:
+    backbone, images, intercept, slopes = linear_case()
+    fit = surrogate.LIME(backbone, num_samples=200, segmentation=grid_segments).fit(images, 0)
+    assert fit.num_superpixels.tolist() == [16]
+    assert torch.allclose(fit.coefficients[0], slopes, atol=1e-3)
+    assert abs(fit.intercept[0].item() - intercept) < 1e-3
+    # the map paints each block with its coefficient
+    raw, _, _ = surrogate.LIME(backbone, num_samples=200, segmentation=grid_segments).compute_maps(
+        images, 0
+    )
+    assert torch.allclose(raw[0, ::8, ::8].flatten(), slopes, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampling", ["kernel", "uniform"])
+def test_kernel_shap_recovers_linear_contributions(sampling: str) -> None:
+    """Shapley values of a linear game are its slopes; phi_0 is the all-off value."""
+    backbone, images, intercept, slopes = linear_case()
+    explainer = surrogate.KernelSHAP(
+        backbone, num_samples=200, segmentation=grid_segments, sampling=sampling
+    )
+    fit = explainer.fit(images, 0)
+    assert torch.allclose(fit.coefficients[0], slopes, atol=1e-3)
+    assert abs(fit.intercept[0].item() - intercept) < 1e-5
+
+
+@pytest.mark.parametrize("sampling", ["kernel", "uniform"])
+def test_kernel_shap_efficiency(sampling: str) -> None:
+    """sum_j phi_j = f(all on) - f(all off), also with padding (images with different M)."""
+    backbone = tiny_backbone()
+    images = torch.cat([smooth_images(), blocky_images()])
+    explainer = surrogate.KernelSHAP(
+        backbone,
+        num_samples=60,
+        segmentation="slic",
+        sampling=sampling,
+        segmentation_options={"n_segments": 12},
+    )
+    fit = explainer.fit(images, [2, 4])
+    counts = fit.num_superpixels
+    assert counts.min() >= 8 and counts[0] != counts[1]
+    with torch.no_grad():
+        on = backbone(images).softmax(1)[torch.arange(2), fit.targets]
+        off = backbone(torch.zeros_like(images)).softmax(1)[torch.arange(2), fit.targets]
+    assert torch.allclose(fit.coefficients.sum(dim=1), on - off, atol=1e-4)
+    assert torch.allclose(fit.intercept, off, atol=1e-5)
+    for b in range(2):
+        assert torch.all(fit.coefficients[b, counts[b] :] == 0)
+        assert fit.samples[b, 0, : counts[b]].all() and not fit.samples[b, 1].any()
+
+
+@pytest.mark.parametrize("name", ["lime", "kernel_shap"])
+def test_planted_region(name: str) -> None:
+    images = blocky_images()
+    explainer = EXPLAINERS[name](
+        planted_backbone(images),
+        num_samples=300,
+        segmentation="slic",
+        segmentation_options={"n_segments": 16, "compactness": 20.0},
+    )
+    fit = explainer.fit(images, 0)
+    assert fit.num_superpixels.item() >= 8
+    result = explainer.explain(images, targets=0)
+    inside = inside_quadrant()
+    saliency = result.maps[0]
+    row, col = divmod(int(saliency.argmax()), SIZE)
+    assert inside[row, col]
+    assert saliency[inside].mean() - saliency[~inside].mean() > 0.4
+
+
+def test_lime_fit_matches_lime_library() -> None:
+    """Same samples and scores: our kernel + weighted ridge = lime's LimeBase with Ridge."""
+    from lime.lime_base import LimeBase
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import pairwise_distances
+
+    images = blocky_images()
+    explainer = surrogate.LIME(
+        planted_backbone(images), num_samples=150, segmentation=grid_segments, ridge=1e-2
+    )
+    fit = explainer.fit(images, 0)
+    data = fit.samples[0].numpy().astype(np.float64)
+    scores = fit.scores[0].double().numpy()
+    distances = pairwise_distances(data, data[:1], metric="cosine").ravel()
+    weights = explainer.sample_weights(fit.samples, fit.num_superpixels)[0].numpy()
+
+    def kernel(d: np.ndarray) -> np.ndarray:  # lime_image's default kernel, width 0.25
+        return np.sqrt(np.exp(-(d**2) / 0.25**2))
+
+    assert np.allclose(weights, kernel(distances), atol=1e-10)
+    labels = np.stack([scores, 1 - scores], axis=1)
+    ridge = Ridge(alpha=1e-2 * kernel(distances).sum(), fit_intercept=True)
+    intercept, explanation, _, _ = LimeBase(kernel).explain_instance_with_data(
+        data, labels, distances, 0, 16, feature_selection="none", model_regressor=ridge
+    )
+    theirs = np.zeros(16)
+    for feature, value in explanation:
+        theirs[feature] = value
+    assert np.allclose(fit.coefficients[0].numpy(), theirs, atol=1e-5)
+    assert abs(fit.intercept[0].item() - intercept) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["lime", "kernel_shap"])
+def test_seeds(name: str) -> None:
+    backbone = tiny_backbone()
+    images = smooth_images()
+    options = {"kernel_size": 2, "max_dist": 10, "ratio": 0.5}  # about 36 superpixels at 32 px
+
+    def run(seed: int) -> torch.Tensor:
+        explainer = EXPLAINERS[name](
+            backbone, num_samples=40, segmentation_options=options, seed=seed
+        )  # quickshift
+        return explainer.explain(images).maps
+
+    first, again, other = run(5), run(5), run(6)
+    assert torch.equal(first, again)
+    assert not torch.allclose(first, other, atol=1e-3)
+
+
+def test_blur_fill() -> None:
+    backbone = tiny_backbone()
+    images = torch.rand(1, 3, SIZE, SIZE)
+    explainer = surrogate.LIME(backbone, num_samples=10, fill="blur", blur_sigma=2.0)
+    blurred = explainer.fill_images(images)
+    assert blurred.shape == images.shape
+    assert blurred.std() < images.std() / 2  # smoother
+    assert abs(blurred.mean() - images.mean()) < 0.02
+    constant = torch.full((1, 3, 8, 8), 0.25)
+    assert torch.allclose(surrogate.gaussian_blur(constant, 3.0), constant, atol=1e-6)
+    assert explainer.explain(images).maps.shape == (1, SIZE, SIZE)
+
+
+@pytest.mark.parametrize("name", ["lime", "kernel_shap"])
+def test_forward_pass_counts(name: str) -> None:
+    backbone = tiny_backbone()
+    images = torch.rand(3, 3, SIZE, SIZE)
+    counted = []
+    handle = backbone.model.stem[0].register_forward_hook(
+        lambda m, i, o: counted.append(o.shape[0])
+    )
+    try:
+        result = EXPLAINERS[name](backbone, num_samples=25, batch_size=16).explain(images)
+    finally:
+        handle.remove()
+    assert result.forward_passes == 25 == sum(counted) / 3
+    assert max(counted) <= 16
+    assert result.backward_passes == 0

@@ -177,3 +177,101 @@ def test_empty_folder_and_missing_checkpoint(tmp_path, checkpoint, capsys) -> No
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_classic_methods_need_only_a_backbone(tmp_path) -> None:
+    _write_images(tmp_path / "in")
+    out = tmp_path / "gradcam"
+    code = infer_main(
+        [
+            "--method",
+            "gradcam",
+            "--backbone",
+            "lcam.models.TinyResNet",
+            "--num-classes",
+            "4",
+            "--image-size",
+            "32",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(out),
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and {r["method"] for r in records} == {"gradcam"}
+    assert np.load(out / "wide.npy").shape == (40, 60)
+
+
+def test_methods_take_the_backbone_and_options_from_a_checkpoint(tmp_path, checkpoint) -> None:
+    _write_images(tmp_path / "in")
+    out = tmp_path / "lime"
+    code = infer_main(
+        [
+            "--method",
+            "lime",
+            "--checkpoint",
+            str(checkpoint),
+            "--input",
+            str(tmp_path / "in" / "wide.png"),
+            "--output",
+            str(out),
+            "--option",
+            "num_samples=16",
+            "--option",
+            "segmentation=slic",
+            "--target",
+            "b",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    record = json.loads((out / "predictions.jsonl").read_text())
+    assert record["method"] == "lime" and record["target_name"] == "b"
+
+
+def test_activation_max_writes_one_png_per_target(tmp_path, checkpoint) -> None:
+    code = infer_main(
+        [
+            "--method",
+            "activation_max",
+            "--checkpoint",
+            str(checkpoint),
+            "--target",
+            "a,3",
+            "--output",
+            str(tmp_path),
+            "--option",
+            "steps=3",
+        ]
+    )
+    assert code == 0
+    for name in ("activation_max_class0.png", "activation_max_class3.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.size == (32, 32) and image.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--method", "gradcam"], "needs --backbone"),
+        (["--method", "gradcamz", "--backbone", "resnet18"], "unknown explainer 'gradcamz'"),
+        (["--method", "lcam"], "needs --checkpoint"),
+        (
+            ["--method", "lime", "--backbone", "resnet18", "--option", "num_samples"],
+            "not KEY=VALUE",
+        ),
+    ],
+)
+def test_method_usage_errors(tmp_path, capsys, arguments, message) -> None:
+    _write_images(tmp_path / "in")
+    code = infer_main(
+        [*arguments, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")]
+    )
+    assert code == 2 and message in capsys.readouterr().err

@@ -53,22 +53,25 @@ class BackboneOutput:
         logits: class scores of the clean image, shape ``(B, K)``.
         skips: other body activations the tail reads (empty for VGG/ResNet at their default
             layers); pass them back to :meth:`FrozenBackbone.tail`.
+        layers: activations of every target layer, in the order they were named (multi-layer
+            heads such as TAME read these); ``(features,)`` for a single target layer.
     """
 
     features: Tensor
     logits: Tensor
     skips: tuple[Tensor, ...] = ()
+    layers: tuple[Tensor, ...] = ()
 
 
 class _LeafTracer(fx.Tracer):
-    """An fx tracer that keeps the target layer as one opaque call."""
+    """An fx tracer that keeps the target layers as opaque calls."""
 
-    def __init__(self, leaf_name: str) -> None:
+    def __init__(self, leaf_names: Sequence[str]) -> None:
         super().__init__()
-        self.leaf_name = leaf_name
+        self.leaf_names = set(leaf_names)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return qualified_name == self.leaf_name or super().is_leaf_module(module, qualified_name)
+        return qualified_name in self.leaf_names or super().is_leaf_module(module, qualified_name)
 
 
 def _import_class(path: str) -> type[nn.Module]:
@@ -232,24 +235,40 @@ def _disable_inplace(model: nn.Module, graph: fx.Graph) -> None:
             node.kwargs = {**node.kwargs, "inplace": False}
 
 
-def _split_graph(model: nn.Module, target_layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
-    """Split ``model`` into ``body: x -> (F, *skips)`` and ``tail: (F, *skips) -> logits``."""
+@dataclass
+class _Split:
+    body: fx.GraphModule  # x -> (F, *skips, *layers)
+    tail: fx.GraphModule  # (F, *skips) -> logits
+    split_layer: str
+    num_skips: int
+
+
+def _split_graph(model: nn.Module, target_layers: Sequence[str]) -> _Split:
+    """Split ``model`` after the deepest of ``target_layers``.
+
+    ``body: x -> (F, *skips, *layers)`` and ``tail: (F, *skips) -> logits``, where ``F`` is the
+    output of the target layer that runs last and ``layers`` the outputs of all target layers.
+    """
     try:
-        graph = _LeafTracer(target_layer).trace(model)
+        graph = _LeafTracer(target_layers).trace(model)
     except Exception as error:  # fx raises many types; name the cause and the way out
         raise ValueError(
-            f"cannot split {type(model).__name__} at {target_layer!r}: torch.fx could not trace "
-            f"it ({error})"
+            f"cannot split {type(model).__name__} at {list(target_layers)}: torch.fx could not "
+            f"trace it ({error})"
         ) from error
     _disable_inplace(model, graph)
     nodes = list(graph.nodes)
-    calls = [n for n in nodes if n.op == "call_module" and n.target == target_layer]
-    if len(calls) != 1:
-        raise ValueError(
-            f"target layer {target_layer!r} is called {len(calls)} times in the forward; "
-            "choose a module that runs exactly once"
-        )
-    split = nodes.index(calls[0])
+    layer_nodes = []
+    for layer in target_layers:
+        calls = [n for n in nodes if n.op == "call_module" and n.target == layer]
+        if len(calls) != 1:
+            raise ValueError(
+                f"target layer {layer!r} is called {len(calls)} times in the forward; "
+                "choose a module that runs exactly once"
+            )
+        layer_nodes.append(calls[0])
+    split_node = max(layer_nodes, key=nodes.index)
+    split = nodes.index(split_node)
     before, after = nodes[: split + 1], set(nodes[split + 1 :])
     skips = [n for n in before[:-1] if any(user in after for user in n.users)]
 
@@ -257,15 +276,17 @@ def _split_graph(model: nn.Module, target_layer: str) -> tuple[fx.GraphModule, f
     body_env: dict[fx.Node, fx.Node] = {}
     for node in before:
         body_env[node] = body.node_copy(node, lambda n: body_env[n])
-    body.output((body_env[calls[0]], *[body_env[n] for n in skips]))
+    body.output(tuple(body_env[n] for n in (split_node, *skips, *layer_nodes)))
 
     tail = fx.Graph()
-    tail_env: dict[fx.Node, fx.Node] = {calls[0]: tail.placeholder("features")}
+    tail_env: dict[fx.Node, fx.Node] = {split_node: tail.placeholder("features")}
     for index, node in enumerate(skips):
         tail_env[node] = tail.placeholder(f"skip_{index}")
     for node in nodes[split + 1 :]:
         tail_env[node] = tail.node_copy(node, lambda n: tail_env[n])
-    return fx.GraphModule(model, body), fx.GraphModule(model, tail)
+    return _Split(
+        fx.GraphModule(model, body), fx.GraphModule(model, tail), str(split_node.target), len(skips)
+    )
 
 
 class FrozenBackbone(nn.Module):
@@ -281,7 +302,9 @@ class FrozenBackbone(nn.Module):
         num_classes: number of classes for a model built by name; ``None`` keeps its default.
         weights: ``None``, a torchvision weights name or a local state_dict file (see
             :func:`build_model`). Only for models given by name.
-        target_layer: module name to split at. Default: the last spatial, non-pooling module
+        target_layer: module name to split at, or a list of module names (multi-layer heads):
+            the network is split after the one that runs last, and all of their outputs are
+            returned as ``BackboneOutput.layers``. Default: the last spatial, non-pooling module
             (VGG: ReLU after conv5_3, ``features.29``; ResNet: ``layer4``).
         input_size: side of the square training/inference images; used to probe shapes.
         mean, std: normalisation constants (ImageNet's by default).
@@ -294,7 +317,7 @@ class FrozenBackbone(nn.Module):
         *,
         num_classes: int | None = None,
         weights: str | None = None,
-        target_layer: str | None = None,
+        target_layer: str | Sequence[str] | None = None,
         input_size: int = 224,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -322,20 +345,27 @@ class FrozenBackbone(nn.Module):
         example = torch.rand(1, 3, input_size, input_size)
         if target_layer is None:
             target_layer = _detect_target_layer(self.model, self.normalise(example))
-        elif target_layer not in dict(self.model.named_modules()):
-            raise ValueError(f"target layer {target_layer!r} is not a module of {model_name}")
-        self.target_layer = target_layer
+        layers = (target_layer,) if isinstance(target_layer, str) else tuple(target_layer)
+        modules = dict(self.model.named_modules())
+        for layer in layers:
+            if layer not in modules or not layer:
+                raise ValueError(f"target layer {layer!r} is not a module of {model_name}")
+        if not layers or len(set(layers)) != len(layers):
+            raise ValueError(f"target layers must be distinct module names, got {list(layers)}")
+        self.target_layers = layers
         self._split()
         with torch.no_grad():
             probe = self.run(example)
-        if probe.features.dim() != 4 or probe.logits.dim() != 2:
+        shapes = [tuple(layer.shape) for layer in probe.layers]
+        if any(len(shape) != 4 for shape in shapes) or probe.logits.dim() != 2:
             raise ValueError(
-                f"target layer {target_layer!r} gives features of shape "
-                f"{tuple(probe.features.shape)} and logits {tuple(probe.logits.shape)}; "
-                "expected (B, C, h, w) and (B, K)"
+                f"target layers {list(layers)} give outputs of shapes {shapes} and logits "
+                f"{tuple(probe.logits.shape)}; expected (B, C, h, w) maps and (B, K) logits"
             )
         self.feature_channels = int(probe.features.shape[1])
         self.feature_size = (int(probe.features.shape[-2]), int(probe.features.shape[-1]))
+        self.layer_channels = tuple(shape[1] for shape in shapes)
+        self.layer_sizes = tuple((shape[2], shape[3]) for shape in shapes)
         self.num_classes = int(probe.logits.shape[1])
         self.class_names = list(class_names or known_names or []) or None
         if self.class_names is not None and len(self.class_names) != self.num_classes:
@@ -346,7 +376,7 @@ class FrozenBackbone(nn.Module):
             "model": model_name,
             "num_classes": self.num_classes,
             "weights": weights_id,
-            "target_layer": target_layer,
+            "target_layer": layers[0] if len(layers) == 1 else list(layers),
             "input_size": input_size,
             "mean": list(mean),
             "std": list(std),
@@ -354,8 +384,10 @@ class FrozenBackbone(nn.Module):
 
     def _split(self) -> None:
         # Held outside the module tree so parameters are registered (and saved) once, via `model`.
-        body, tail = _split_graph(self.model, self.target_layer)
-        self.__dict__["_body"], self.__dict__["_tail"] = body, tail
+        split = _split_graph(self.model, self.target_layers)
+        self.__dict__["_body"], self.__dict__["_tail"] = split.body, split.tail
+        self.target_layer = split.split_layer
+        self._num_skips = split.num_skips
 
     def _apply(self, fn: Any, recurse: bool = True) -> FrozenBackbone:
         super()._apply(fn, recurse)
@@ -372,19 +404,23 @@ class FrozenBackbone(nn.Module):
         """``(B, 3, H, W)`` in [0, 1] -> normalised network input of the same shape."""
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
+    def _run_body(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        features, *rest = self._body(self.normalise(images))
+        return features, tuple(rest[: self._num_skips]), tuple(rest[self._num_skips :])
+
     def body(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         """Run the layers up to the target layer: features ``(B, C, h, w)`` and skips."""
-        features, *skips = self._body(self.normalise(images))
-        return features, tuple(skips)
+        features, skips, _ = self._run_body(images)
+        return features, skips
 
     def tail(self, features: Tensor, skips: tuple[Tensor, ...] = ()) -> Tensor:
         """Resume the forward from (possibly modified) features ``(B, C, h, w)`` -> ``(B, K)``."""
         return self._tail(features, *skips)
 
     def run(self, images: Tensor) -> BackboneOutput:
-        """One pass on ``(B, 3, H, W)`` images in [0, 1]: features, logits and skips."""
-        features, skips = self.body(images)
-        return BackboneOutput(features, self.tail(features, skips), skips)
+        """One pass on ``(B, 3, H, W)`` images in [0, 1]: features, logits, skips, layers."""
+        features, skips, layers = self._run_body(images)
+        return BackboneOutput(features, self.tail(features, skips), skips, layers)
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``(B, K)`` of ``(B, 3, H, W)`` images in [0, 1]."""

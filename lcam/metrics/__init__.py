@@ -1,0 +1,33 @@
+"""Evaluation metrics of explanations, as ``torchmetrics.Metric`` subclasses.
+
+All states are sums reduced with ``dist_reduce_fx="sum"``, so values under DDP equal the
+single-process ones. Perturbation metrics take any callable ``images -> logits`` as the model
+(e.g. a :class:`~lcam.backbone.FrozenBackbone`).
+
+- Faithfulness: :class:`AverageDropIncrease` (AD/IC, the L-CAM/TAME protocol),
+  :class:`DeletionInsertion` (RISE deletion/insertion AUC), :class:`ROAD` (noisy linear
+  imputation, MoRF/LeRF).
+- Localisation: :class:`PointingGame`, :class:`EnergyPointingGame`, :class:`MaskIoU`
+  (:func:`boxes_to_masks` turns boxes into masks).
+- Robustness: :class:`MaxSensitivity`.
+"""
+
+from lcam.metrics.deletion import DeletionInsertion, trapezoid_auc
+from lcam.metrics.faithfulness import AverageDropIncrease, soft_keep_masks
+from lcam.metrics.localisation import EnergyPointingGame, MaskIoU, PointingGame, boxes_to_masks
+from lcam.metrics.road import ROAD, noisy_linear_imputation
+from lcam.metrics.robustness import MaxSensitivity
+
+__all__ = [
+    "ROAD",
+    "AverageDropIncrease",
+    "DeletionInsertion",
+    "EnergyPointingGame",
+    "MaskIoU",
+    "MaxSensitivity",
+    "PointingGame",
+    "boxes_to_masks",
+    "noisy_linear_imputation",
+    "soft_keep_masks",
+    "trapezoid_auc",
+]

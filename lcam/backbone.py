@@ -342,14 +342,33 @@ class FrozenBackbone(nn.Module):
             "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
         self.input_size = input_size
-        example = torch.rand(1, 3, input_size, input_size)
+        self.model_name = model_name
+        self.retarget(target_layer)
+        self.class_names = list(class_names or known_names or []) or None
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names given for {self.num_classes} classes"
+            )
+        self.spec: dict[str, Any] = {
+            "model": model_name,
+            "num_classes": self.num_classes,
+            "weights": weights_id,
+            "target_layer": self._target_spec(),
+            "input_size": input_size,
+            "mean": list(mean),
+            "std": list(std),
+        }
+
+    def retarget(self, target_layer: str | Sequence[str] | None) -> None:
+        """Split at other target layer(s) (see the class docstring) and probe their shapes."""
+        example = torch.rand(1, 3, self.input_size, self.input_size, device=self.mean.device)
         if target_layer is None:
             target_layer = _detect_target_layer(self.model, self.normalise(example))
         layers = (target_layer,) if isinstance(target_layer, str) else tuple(target_layer)
         modules = dict(self.model.named_modules())
         for layer in layers:
             if layer not in modules or not layer:
-                raise ValueError(f"target layer {layer!r} is not a module of {model_name}")
+                raise ValueError(f"target layer {layer!r} is not a module of {self.model_name}")
         if not layers or len(set(layers)) != len(layers):
             raise ValueError(f"target layers must be distinct module names, got {list(layers)}")
         self.target_layers = layers
@@ -367,20 +386,11 @@ class FrozenBackbone(nn.Module):
         self.layer_channels = tuple(shape[1] for shape in shapes)
         self.layer_sizes = tuple((shape[2], shape[3]) for shape in shapes)
         self.num_classes = int(probe.logits.shape[1])
-        self.class_names = list(class_names or known_names or []) or None
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{len(self.class_names)} class names given for {self.num_classes} classes"
-            )
-        self.spec: dict[str, Any] = {
-            "model": model_name,
-            "num_classes": self.num_classes,
-            "weights": weights_id,
-            "target_layer": layers[0] if len(layers) == 1 else list(layers),
-            "input_size": input_size,
-            "mean": list(mean),
-            "std": list(std),
-        }
+        if hasattr(self, "spec"):
+            self.spec["target_layer"] = self._target_spec()
+
+    def _target_spec(self) -> str | list[str]:
+        return self.target_layers[0] if len(self.target_layers) == 1 else list(self.target_layers)
 
     def _split(self) -> None:
         # Held outside the module tree so parameters are registered (and saved) once, via `model`.

@@ -49,9 +49,11 @@ class LCAMModule(LightningModule):
         backbone: torchvision model name or ``package.module.Class`` path.
         weights: torchvision weights name or local state_dict file for the backbone.
         num_classes: classes of a backbone built by name (default: the model's).
-        target_layer: module to attach the head to (default: detected, see FrozenBackbone).
+        target_layer: module (or list of modules, for TAME) to attach the head to (default:
+            detected, see FrozenBackbone).
         input_size: training image side, also stored for inference.
-        head: ``"lcam_fm"`` or ``"lcam_img"``.
+        head: ``"lcam_fm"``, ``"lcam_img"`` or ``"tame"`` (multi-layer; with ``target_layer``
+            unset it uses VGG pool3/4/5 or ResNet layer2/3/4).
         labels: train on the frozen model's ``"predicted"`` classes (papers) or the
             ``"dataset"`` labels.
         map_selection: maps the regularisers see: ``"batch"`` (official code) or ``"own"``.
@@ -76,7 +78,7 @@ class LCAMModule(LightningModule):
         backbone: str = "vgg16",
         weights: str | None = None,
         num_classes: int | None = None,
-        target_layer: str | None = None,
+        target_layer: str | list[str] | None = None,
         input_size: int = 224,
         head: str = "lcam_fm",
         labels: Literal["predicted", "dataset"] = "predicted",
@@ -141,7 +143,7 @@ class LCAMModule(LightningModule):
         with torch.no_grad():
             output = self.backbone.run(images)
         labels = self._labels(batch, output.logits)
-        class_maps = self.explainer.head(output.features)
+        class_maps = self.explainer.head.class_maps(output)
         attention = class_maps.sigmoid()
         rows = torch.arange(len(labels), device=labels.device)
         own_maps = attention[rows, labels]
@@ -226,6 +228,14 @@ class LCAMModule(LightningModule):
         if not self.trainer.is_global_zero:
             self.teacher.prepare(*settings, is_builder=False)
 
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        keywords = getattr(self.scheduler_factory, "keywords", {})
+        if keywords.get("total_steps", 0) is None and keywords.get("epochs") is None:
+            # One-cycle schedules need the run's length, which only the trainer knows.
+            total = int(self.trainer.estimated_stepping_batches)
+            return self.scheduler_factory(optimizer, total_steps=total)
+        return self.scheduler_factory(optimizer)
+
     def configure_optimizers(self) -> Any:
         head = self.explainer.head
         weights = [p for name, p in head.named_parameters() if not name.endswith("bias")]
@@ -236,7 +246,7 @@ class LCAMModule(LightningModule):
             optimizer.param_groups[1]["weight_decay"] = 0.0
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        scheduler = self._build_scheduler(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},

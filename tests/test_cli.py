@@ -22,7 +22,7 @@ def test_every_config_parses_and_prints(config, capsys) -> None:
         cli_main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["head"] in ("lcam_fm", "lcam_img")
+    assert printed["model"]["head"] in ("lcam_fm", "lcam_img", "tame")
     assert printed["trainer"]["accelerator"] == "auto"
 
 

@@ -8,10 +8,10 @@ import lcam
 from lcam.heads import LCAMFmHead, LCAMImgHead, build_head
 
 
-@pytest.mark.parametrize("head_name", ["lcam_fm", "lcam_img"])
+@pytest.mark.parametrize("head_name", ["lcam_fm", "lcam_img", "tame"])
 def test_all_ones_map_reproduces_the_backbone_logits(head_name: str) -> None:
     backbone = tiny_backbone()
-    head = build_head(head_name, backbone.feature_channels, backbone.num_classes)
+    head = build_head(head_name, backbone)
     images = torch.rand(3, 3, 32, 32)
     output = backbone.run(images)
     ones = torch.ones(3, *output.features.shape[-2:])

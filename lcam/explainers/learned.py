@@ -40,7 +40,7 @@ class LearnedExplainer(Explainer):
         super().__init__(backbone)
         if isinstance(head, str):
             self.name = head
-            head = build_head(head, backbone.feature_channels, backbone.num_classes)
+            head = build_head(head, backbone)
         else:
             self.name = type(head).__name__
         self.head = head
@@ -51,7 +51,7 @@ class LearnedExplainer(Explainer):
     def class_maps(self, images: Tensor) -> tuple[BackboneOutput, Tensor]:
         """One pass: the backbone output and logit maps ``S`` ``(B, K, h, w)`` of all classes."""
         output = self.backbone.run(images)
-        return output, self.head(output.features)
+        return output, self.head.class_maps(output)
 
     def select(self, class_maps: Tensor, targets: Tensor) -> Tensor:
         """Raw maps ``(B, h, w)`` of ``targets`` ``(B,)`` from logit maps ``(B, K, h, w)``."""

@@ -35,9 +35,18 @@ class LCAMHead(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, num_classes, kernel_size=1, bias=True)
 
+    @classmethod
+    def for_backbone(cls, backbone: FrozenBackbone) -> LCAMHead:
+        """A head sized for ``backbone``'s target-layer channels and classes."""
+        return cls(backbone.feature_channels, backbone.num_classes)
+
     def forward(self, features: Tensor) -> Tensor:
         """Class logit maps ``S`` ``(B, K, h, w)`` of features ``(B, C, h, w)``."""
         return self.conv(features)
+
+    def class_maps(self, output: BackboneOutput) -> Tensor:
+        """Class logit maps ``S`` ``(B, K, h, w)`` from one backbone pass."""
+        return self(output.features)
 
     @abstractmethod
     def masked_logits(

@@ -1,0 +1,90 @@
+r"""TAME: a multi-layer fusion attention head (Ntrougkas, Gkalelis, Mezaris, 2023).
+
+Features from several depths ``F_i`` ``(B, C_i, h_i, w_i)`` each pass through a branch
+
+.. math:: G_i = \mathrm{up}\big(\mathrm{ReLU}(\mathrm{BN}(\mathrm{conv}_{1\times1}(F_i)) + F_i)\big)
+
+(``up`` = bilinear upsampling to the finest branch's resolution); the branches are concatenated
+and fused by a 1x1 convolution ``sum_i C_i -> K`` into class logit maps ``S`` ``(B, K, h, w)``.
+Training masks the image like L-CAM-Img; inference stays one forward pass, since every ``F_i`` is
+a by-product of it. Maps are as fine as the finest branch (28x28 for VGG-16 and ResNet-50 at 224).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lcam.backbone import BackboneOutput, FrozenBackbone
+from lcam.heads.lcam import LCAMImgHead
+
+__all__ = ["TAMEHead", "default_tame_layers"]
+
+
+def default_tame_layers(model: nn.Module) -> list[str]:
+    """Three feature depths for TAME: VGG pool3/4/5, ResNet ``layer2/3/4``.
+
+    VGG (any depth): the last three ``MaxPool2d`` of ``model.features`` (``features.16/23/30``
+    in VGG-16). ResNet (any depth): ``layer2``, ``layer3``, ``layer4``.
+
+    Raises:
+        ValueError: for other architectures (pass ``target_layer`` as a list of module names).
+    """
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        pools = [f"features.{i}" for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+        if len(pools) >= 3:
+            return pools[-3:]
+    if all(hasattr(model, name) for name in ("layer2", "layer3", "layer4")):
+        return ["layer2", "layer3", "layer4"]
+    raise ValueError(
+        f"no default TAME layers for {type(model).__name__}: pass target_layer as a list of "
+        "module names (e.g. three stages from fine to coarse)"
+    )
+
+
+class _Branch(nn.Module):
+    """``ReLU(BN(conv1x1(F)) + F)``: ``(B, C, h, w)`` -> ``(B, C, h, w)``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=1)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return F.relu(self.norm(self.conv(features)) + features)
+
+
+class TAMEHead(LCAMImgHead):
+    """Multi-layer fusion head: layer features ``[(B, C_i, h_i, w_i)]`` -> ``(B, K, h, w)``.
+
+    Args:
+        layer_channels: ``C_i`` of each branch.
+        num_classes: ``K``.
+    """
+
+    def __init__(self, layer_channels: Sequence[int], num_classes: int) -> None:
+        nn.Module.__init__(self)
+        self.branches = nn.ModuleList(_Branch(channels) for channels in layer_channels)
+        self.fuse = nn.Conv2d(sum(layer_channels), num_classes, kernel_size=1)
+
+    @classmethod
+    def for_backbone(cls, backbone: FrozenBackbone) -> TAMEHead:
+        if len(backbone.target_layers) < 2:
+            backbone.retarget(default_tame_layers(backbone.model))
+        return cls(backbone.layer_channels, backbone.num_classes)
+
+    def forward(self, layers: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
+        """Class logit maps ``(B, K, h, w)`` at the finest branch's resolution."""
+        size = max((layer.shape[-2:] for layer in layers), key=lambda s: s[0] * s[1])
+        fused = [
+            F.interpolate(branch(layer), size=size, mode="bilinear", align_corners=False)
+            for branch, layer in zip(self.branches, layers, strict=True)
+        ]
+        return self.fuse(torch.cat(fused, dim=1))
+
+    def class_maps(self, output: BackboneOutput) -> Tensor:
+        return self(output.layers)

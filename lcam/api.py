@@ -107,6 +107,7 @@ def load_explainer(path: str | Path, device: str | torch.device = "auto") -> Lea
         mean=spec["mean"],
         std=spec["std"],
         class_names=meta.get("class_names"),
+        token_weighting=spec.get("token_weighting", False),
     )
     backbone.spec["weights"] = spec["weights"]
     explainer = build_explainer(backbone, meta["head"], map_activation=meta["map_activation"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import urllib.error
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,13 @@ import torch.fx as fx
 import torchvision
 from torch import Tensor, nn
 
-__all__ = ["BackboneOutput", "FrozenBackbone", "WeightsUnavailableError", "build_model"]
+__all__ = [
+    "BackboneOutput",
+    "FrozenBackbone",
+    "WeightsUnavailableError",
+    "build_model",
+    "vit_encoder_layers",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,8 +60,9 @@ class BackboneOutput:
         logits: class scores of the clean image, shape ``(B, K)``.
         skips: other body activations the tail reads (empty for VGG/ResNet at their default
             layers); pass them back to :meth:`FrozenBackbone.tail`.
-        layers: activations of every target layer, in the order they were named (multi-layer
-            heads such as TAME read these); ``(features,)`` for a single target layer.
+        layers: activations of every target layer as ``(B, C_i, h_i, w_i)`` maps, in the order
+            they were named (heads read these); token sequences of vision transformers appear
+            here as grids (see :meth:`FrozenBackbone.grid`).
     """
 
     features: Tensor
@@ -225,6 +233,12 @@ def _detect_target_layer(model: nn.Module, example: Tensor) -> str:
     return candidates[-1]
 
 
+def vit_encoder_layers(model: nn.Module, count: int) -> list[str]:
+    """Names of the last ``count`` encoder layers of a torchvision ``VisionTransformer``."""
+    names = [name for name, _ in model.encoder.layers.named_children()]
+    return [f"encoder.layers.{name}" for name in names[-count:]]
+
+
 def _disable_inplace(model: nn.Module, graph: fx.Graph) -> None:
     # The captured features are reused after the tail runs; an in-place op there would corrupt them.
     for module in model.modules():
@@ -306,9 +320,14 @@ class FrozenBackbone(nn.Module):
             the network is split after the one that runs last, and all of their outputs are
             returned as ``BackboneOutput.layers``. Default: the last spatial, non-pooling module
             (VGG: ReLU after conv5_3, ``features.29``; ResNet: ``layer4``).
+            Vision transformers (torchvision ``VisionTransformer``) default to the last encoder
+            layer; their token outputs ``(B, 1 + N, D)`` become ``(B, D, sqrt(N), sqrt(N))``
+            grids (class token dropped).
         input_size: side of the square training/inference images; used to probe shapes.
         mean, std: normalisation constants (ImageNet's by default).
         class_names: names of the ``K`` classes, if known (torchvision weights supply them).
+        token_weighting: for token layers, multiply every patch token by the class token
+            channel-wise before the grid goes to a head (T-TAME's class-token weighting).
     """
 
     def __init__(
@@ -322,6 +341,7 @@ class FrozenBackbone(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         class_names: Sequence[str] | None = None,
+        token_weighting: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(model, nn.Module):
@@ -343,6 +363,7 @@ class FrozenBackbone(nn.Module):
         )
         self.input_size = input_size
         self.model_name = model_name
+        self.token_weighting = token_weighting
         self.retarget(target_layer)
         self.class_names = list(class_names or known_names or []) or None
         if self.class_names is not None and len(self.class_names) != self.num_classes:
@@ -357,12 +378,15 @@ class FrozenBackbone(nn.Module):
             "input_size": input_size,
             "mean": list(mean),
             "std": list(std),
+            "token_weighting": token_weighting,
         }
 
     def retarget(self, target_layer: str | Sequence[str] | None) -> None:
         """Split at other target layer(s) (see the class docstring) and probe their shapes."""
         example = torch.rand(1, 3, self.input_size, self.input_size, device=self.mean.device)
-        if target_layer is None:
+        if target_layer is None and isinstance(self.model, torchvision.models.VisionTransformer):
+            target_layer = vit_encoder_layers(self.model, 1)[0]
+        elif target_layer is None:
             target_layer = _detect_target_layer(self.model, self.normalise(example))
         layers = (target_layer,) if isinstance(target_layer, str) else tuple(target_layer)
         modules = dict(self.model.named_modules())
@@ -376,13 +400,12 @@ class FrozenBackbone(nn.Module):
         with torch.no_grad():
             probe = self.run(example)
         shapes = [tuple(layer.shape) for layer in probe.layers]
-        if any(len(shape) != 4 for shape in shapes) or probe.logits.dim() != 2:
-            raise ValueError(
-                f"target layers {list(layers)} give outputs of shapes {shapes} and logits "
-                f"{tuple(probe.logits.shape)}; expected (B, C, h, w) maps and (B, K) logits"
-            )
-        self.feature_channels = int(probe.features.shape[1])
-        self.feature_size = (int(probe.features.shape[-2]), int(probe.features.shape[-1]))
+        if probe.logits.dim() != 2:
+            shape = tuple(probe.logits.shape)
+            raise ValueError(f"the model gives logits of shape {shape}, not (B, K)")
+        grid = self.grid(probe.features)
+        self.feature_channels = int(grid.shape[1])
+        self.feature_size = (int(grid.shape[-2]), int(grid.shape[-1]))
         self.layer_channels = tuple(shape[1] for shape in shapes)
         self.layer_sizes = tuple((shape[2], shape[3]) for shape in shapes)
         self.num_classes = int(probe.logits.shape[1])
@@ -430,7 +453,37 @@ class FrozenBackbone(nn.Module):
     def run(self, images: Tensor) -> BackboneOutput:
         """One pass on ``(B, 3, H, W)`` images in [0, 1]: features, logits, skips, layers."""
         features, skips, layers = self._run_body(images)
-        return BackboneOutput(features, self.tail(features, skips), skips, layers)
+        grids = tuple(self.grid(layer, self.token_weighting) for layer in layers)
+        return BackboneOutput(features, self.tail(features, skips), skips, grids)
+
+    def grid(self, activations: Tensor, token_weighting: bool = False) -> Tensor:
+        """A layer's output as a ``(B, C, h, w)`` map.
+
+        Maps pass through. Token sequences ``(B, T, D)`` of a vision transformer become
+        ``(B, D, g, g)``: with ``T = 1 + g^2`` the first (class) token is dropped, or, with
+        ``token_weighting``, multiplies every patch token channel-wise first.
+        """
+        if activations.dim() == 4:
+            return activations
+        if activations.dim() == 3:
+            tokens = activations.shape[1]
+            side = math.isqrt(tokens - 1)
+            if side * side == tokens - 1:
+                patches = activations[:, 1:]
+                if token_weighting:
+                    patches = patches * activations[:, :1]
+                return patches.transpose(1, 2).reshape(len(activations), -1, side, side)
+        raise ValueError(
+            f"a target layer gives activations of shape {tuple(activations.shape)}: expected "
+            "(B, C, h, w) maps or (B, 1 + g*g, D) transformer tokens"
+        )
+
+    def mask_features(self, features: Tensor, attention: Tensor) -> Tensor:
+        """Multiply target-layer features by ``(B, h, w)`` maps (tokens: the patch tokens)."""
+        if features.dim() == 4:
+            return features * attention[:, None]
+        token_scale = attention.flatten(1)[..., None]
+        return torch.cat([features[:, :1], features[:, 1:] * token_scale], dim=1)
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``(B, K)`` of ``(B, 3, H, W)`` images in [0, 1]."""

@@ -52,6 +52,7 @@ class LCAMModule(LightningModule):
         target_layer: module (or list of modules, for TAME) to attach the head to (default:
             detected, see FrozenBackbone).
         input_size: training image side, also stored for inference.
+        token_weighting: vision transformers: weight patch tokens by the class token (T-TAME).
         head: ``"lcam_fm"``, ``"lcam_img"`` or ``"tame"`` (multi-layer; with ``target_layer``
             unset it uses VGG pool3/4/5 or ResNet layer2/3/4).
         labels: train on the frozen model's ``"predicted"`` classes (papers) or the
@@ -80,6 +81,7 @@ class LCAMModule(LightningModule):
         num_classes: int | None = None,
         target_layer: str | list[str] | None = None,
         input_size: int = 224,
+        token_weighting: bool = False,
         head: str = "lcam_fm",
         labels: Literal["predicted", "dataset"] = "predicted",
         map_selection: MapSelection = "batch",
@@ -107,6 +109,7 @@ class LCAMModule(LightningModule):
             weights=weights,
             target_layer=target_layer,
             input_size=input_size,
+            token_weighting=token_weighting,
         )
         # The attribute name is the checkpoint's state_dict prefix that load_explainer expects.
         self.explainer = build_explainer(frozen, head)

@@ -123,7 +123,7 @@ def feature_pass(
         with torch.no_grad():
             output = backbone.run(images)
         resolved = resolve_targets(output.logits, targets)
-        return FeaturePass(output.features, None, output.logits, resolved)
+        return FeaturePass(backbone.grid(output.features), None, output.logits, resolved)
     with autograd_enabled():
         if full_backward:
             images = images.detach().clone().requires_grad_(True)
@@ -140,7 +140,8 @@ def feature_pass(
         resolved = resolve_targets(logits.detach(), targets)
         score = logits.gather(1, resolved[:, None]).sum()
         grads = torch.autograd.grad(score, wrt)[0]
-    return FeaturePass(features.detach(), grads, logits.detach(), resolved)
+    grid = backbone.grid
+    return FeaturePass(grid(features.detach()), grid(grads), logits.detach(), resolved)
 
 
 class _ChannelWeightCAM(Explainer):

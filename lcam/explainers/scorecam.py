@@ -67,8 +67,9 @@ class PerturbationChannelCAM(Explainer):
         output = self.backbone.run(images)
         resolved = resolve_targets(output.logits, targets)
         weights = self.weights_from(images, output, resolved)
-        maps = weighted_channel_sum(weights, output.features.float())
-        self.forward_passes = float(output.features.shape[1] + 1)
+        features = self.backbone.grid(output.features)
+        maps = weighted_channel_sum(weights, features.float())
+        self.forward_passes = float(features.shape[1] + 1)
         return maps, output.logits, resolved
 
 
@@ -125,7 +126,7 @@ class ScoreCAM(PerturbationChannelCAM):
         return (up - low) / (high - low + 1e-8)
 
     def weights_from(self, images: Tensor, output: BackboneOutput, targets: Tensor) -> Tensor:
-        features = output.features
+        features = self.backbone.grid(output.features)
         size = (images.shape[-2], images.shape[-1])
         score = "probability" if self.weighting == "probability" else "logit"
 

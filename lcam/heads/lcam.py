@@ -38,6 +38,11 @@ class LCAMHead(nn.Module):
     @classmethod
     def for_backbone(cls, backbone: FrozenBackbone) -> LCAMHead:
         """A head sized for ``backbone``'s target-layer channels and classes."""
+        if len(backbone.target_layers) != 1:
+            raise ValueError(
+                f"{cls.__name__} reads one target layer; the backbone has "
+                f"{list(backbone.target_layers)} (multi-layer heads: 'tame')"
+            )
         return cls(backbone.feature_channels, backbone.num_classes)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -46,7 +51,7 @@ class LCAMHead(nn.Module):
 
     def class_maps(self, output: BackboneOutput) -> Tensor:
         """Class logit maps ``S`` ``(B, K, h, w)`` from one backbone pass."""
-        return self(output.features)
+        return self(output.layers[0])
 
     @abstractmethod
     def masked_logits(
@@ -61,7 +66,7 @@ class LCAMFmHead(LCAMHead):
     def masked_logits(
         self, backbone: FrozenBackbone, images: Tensor, output: BackboneOutput, attention: Tensor
     ) -> Tensor:
-        return backbone.tail(output.features * attention[:, None], output.skips)
+        return backbone.tail(backbone.mask_features(output.features, attention), output.skips)
 
 
 class LCAMImgHead(LCAMHead):

@@ -16,23 +16,27 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 
-from lcam.backbone import BackboneOutput, FrozenBackbone
+from lcam.backbone import BackboneOutput, FrozenBackbone, vit_encoder_layers
 from lcam.heads.lcam import LCAMImgHead
 
 __all__ = ["TAMEHead", "default_tame_layers"]
 
 
 def default_tame_layers(model: nn.Module) -> list[str]:
-    """Three feature depths for TAME: VGG pool3/4/5, ResNet ``layer2/3/4``.
+    """Three feature depths for TAME: VGG pool3/4/5, ResNet ``layer2/3/4``, ViT's last three.
 
     VGG (any depth): the last three ``MaxPool2d`` of ``model.features`` (``features.16/23/30``
-    in VGG-16). ResNet (any depth): ``layer2``, ``layer3``, ``layer4``.
+    in VGG-16). ResNet (any depth): ``layer2``, ``layer3``, ``layer4``. torchvision
+    ``VisionTransformer``: its last three encoder layers (T-TAME).
 
     Raises:
         ValueError: for other architectures (pass ``target_layer`` as a list of module names).
     """
+    if isinstance(model, torchvision.models.VisionTransformer):
+        return vit_encoder_layers(model, 3)
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
         pools = [f"features.{i}" for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]

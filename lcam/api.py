@@ -19,6 +19,7 @@ from lcam.heads import LCAMHead
 
 __all__ = [
     "build_explainer",
+    "describe_mismatch",
     "explainer_metadata",
     "load_explainer",
     "resolve_device",
@@ -57,6 +58,21 @@ def explainer_metadata(explainer: LearnedExplainer) -> dict[str, Any]:
         "backbone": dict(explainer.backbone.spec),
         "class_names": explainer.backbone.class_names,
     }
+
+
+COMPARED_KEYS = ("model", "num_classes", "target_layer", "input_size", "token_weighting")
+
+
+def describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two explainer metadata dicts, as ``"key: saved X, now Y"`` lines."""
+    lines = []
+    if saved.get("head") != current.get("head"):
+        lines.append(f"head: checkpoint {saved.get('head')!r}, now {current.get('head')!r}")
+    for key in COMPARED_KEYS:
+        old, new = saved["backbone"].get(key), current["backbone"].get(key)
+        if old != new:
+            lines.append(f"{key}: checkpoint {old!r}, now {new!r}")
+    return lines
 
 
 def save_explainer(explainer: LearnedExplainer, path: str | Path) -> Path:

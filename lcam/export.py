@@ -29,6 +29,7 @@ import importlib
 import io
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,3 +391,32 @@ def load_onnx_explainer(
         return OnnxExplainer(session)
     except ValueError as error:
         raise ValueError(f"{str(path)!r}: {error}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lcam.export --checkpoint CKPT --output model.onnx``: export a trained head."""
+    import argparse
+
+    from lcam.api import load_explainer
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lcam.export",
+        description="Export backbone + head as one ONNX graph (images -> logits, all-K maps).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint or explainer file")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--image-size", type=int, default=None, help="default: the training size")
+    parser.add_argument("--opset", type=int, default=17)
+    args = parser.parse_args(argv)
+    try:
+        explainer = load_explainer(args.checkpoint, device="cpu")
+        path = export_onnx(explainer, args.output, opset=args.opset, image_size=args.image_size)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"lcam.export: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

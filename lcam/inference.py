@@ -33,7 +33,9 @@ from lcam.api import load_explainer, resolve_device
 from lcam.backbone import FrozenBackbone
 from lcam.explainers.activation_max import activation_maximisation
 from lcam.explainers.base import Explainer
+from lcam.explainers.learned import LearnedExplainer
 from lcam.explainers.registry import get_explainer
+from lcam.export import load_onnx_explainer
 from lcam.viz import overlay, to_uint8
 
 __all__ = [
@@ -344,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", help="training checkpoint or explainer file")
     parser.add_argument(
+        "--onnx", help="an exported head (python -m lcam.export) run on onnxruntime"
+    )
+    parser.add_argument(
         "--backbone", help="for classic methods without a checkpoint: model name or class path"
     )
     parser.add_argument("--weights", help="with --backbone: torchvision weights name or file")
@@ -393,9 +398,34 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+def _check_against_checkpoint(args: argparse.Namespace, spec: dict[str, Any]) -> None:
+    """Refuse backbone options that contradict the checkpoint, naming each one."""
+    if args.weights is not None:
+        raise ValueError("--weights applies with --backbone; a checkpoint carries its weights")
+    requested = {
+        "model": args.backbone,
+        "num_classes": args.num_classes,
+        "target_layer": args.target_layer,
+        "input_size": args.image_size,
+    }
+    mismatches = [
+        f"{key}: checkpoint {spec[key]!r}, requested {value!r}"
+        for key, value in requested.items()
+        if value is not None and value != spec[key]
+    ]
+    if mismatches:
+        raise ValueError(f"{args.checkpoint} does not match the options: " + "; ".join(mismatches))
+
+
+def _load_checkpoint(args: argparse.Namespace, device: torch.device) -> LearnedExplainer:
+    explainer = load_explainer(args.checkpoint, device=device)
+    _check_against_checkpoint(args, explainer.backbone.spec)
+    return explainer
+
+
 def _backbone_from_args(args: argparse.Namespace) -> FrozenBackbone:
     if args.checkpoint:
-        return load_explainer(args.checkpoint, device="cpu").backbone
+        return _load_checkpoint(args, torch.device("cpu")).backbone
     if not args.backbone:
         raise ValueError(
             f"--method {args.method} needs --backbone (or a --checkpoint to take it from)"
@@ -412,10 +442,14 @@ def _backbone_from_args(args: argparse.Namespace) -> FrozenBackbone:
 def build_explainer_from_args(args: argparse.Namespace) -> Explainer:
     """The explainer ``infer.py`` runs, on the requested device."""
     device = resolve_device(args.device)
+    if args.onnx:
+        if args.method != "lcam" or args.checkpoint:
+            raise ValueError("--onnx runs an exported head: drop --method and --checkpoint")
+        return load_onnx_explainer(args.onnx, device=device)
     if args.method == "lcam":
         if not args.checkpoint:
-            raise ValueError("--method lcam needs --checkpoint (a trained head)")
-        explainer = load_explainer(args.checkpoint, device=device)
+            raise ValueError("--method lcam needs --checkpoint (a trained head) or --onnx")
+        explainer = _load_checkpoint(args, device)
         if args.map_activation:
             explainer.map_activation = args.map_activation
         return explainer

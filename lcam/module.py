@@ -15,7 +15,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
-from lcam.api import build_explainer, explainer_metadata
+from lcam.api import build_explainer, describe_mismatch, explainer_metadata
 from lcam.backbone import FrozenBackbone
 from lcam.distillation import Distance, TeacherMaps, map_distance
 from lcam.explainers.base import normalise_maps, upsample_maps
@@ -257,3 +257,14 @@ class LCAMModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["lcam"] = explainer_metadata(self.explainer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse, before any weight is loaded, a checkpoint made for another configuration."""
+        saved = checkpoint.get("lcam")
+        if saved is None:
+            raise ValueError("the checkpoint has no lcam metadata: it was not written by lcam")
+        mismatches = describe_mismatch(saved, explainer_metadata(self.explainer))
+        if mismatches:
+            raise ValueError(
+                "the checkpoint was trained with another configuration: " + "; ".join(mismatches)
+            )

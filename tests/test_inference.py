@@ -275,3 +275,46 @@ def test_method_usage_errors(tmp_path, capsys, arguments, message) -> None:
         [*arguments, "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o")]
     )
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_options_that_contradict_the_checkpoint_are_named(tmp_path, checkpoint, capsys) -> None:
+    _write_images(tmp_path / "in")
+    code = infer_main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--num-classes",
+            "7",
+            "--image-size",
+            "64",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+    error = capsys.readouterr().err
+    assert code == 2 and "num_classes: checkpoint 4, requested 7" in error
+    assert "input_size: checkpoint 32, requested 64" in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_exported_onnx_runs_the_same_pipeline(tmp_path, checkpoint) -> None:
+    from lcam.export import main as export_main
+
+    _write_images(tmp_path / "in")
+    assert export_main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "m.onnx")]) == 0
+    common = ["--input", str(tmp_path / "in"), "--num-workers", "0", "--no-progress"]
+    assert (
+        infer_main(["--onnx", str(tmp_path / "m.onnx"), "--output", str(tmp_path / "o"), *common])
+        == 0
+    )
+    assert (
+        infer_main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "t"), *common]) == 0
+    )
+    for name in ("wide", "rgba", "nested/gray"):
+        np.testing.assert_allclose(
+            np.load(tmp_path / "o" / f"{name}.npy"),
+            np.load(tmp_path / "t" / f"{name}.npy"),
+            atol=1e-4,
+        )

@@ -422,6 +422,11 @@ class FrozenBackbone(nn.Module):
         self.target_layer = split.split_layer
         self._num_skips = split.num_skips
 
+    def compile_graphs(self, **options: Any) -> None:
+        """``torch.compile`` the body and tail graphs (again after any later ``.to()``)."""
+        self.__dict__["_body"] = torch.compile(self._body, **options)
+        self.__dict__["_tail"] = torch.compile(self._tail, **options)
+
     def _apply(self, fn: Any, recurse: bool = True) -> FrozenBackbone:
         super()._apply(fn, recurse)
         self._split()  # the graph modules must see tensors converted by .to()/.half()

@@ -10,6 +10,7 @@ output folder finishes the rest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -47,6 +48,7 @@ __all__ = [
     "run_inference",
 ]
 
+Precision = Literal["32", "bf16", "16"]
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
@@ -173,6 +175,24 @@ def parse_target(target: str, class_names: Sequence[str] | None, num_classes: in
     )
 
 
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """Autocast context for ``"bf16"`` / ``"16"``; a no-op for ``"32"``."""
+    if precision == "32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_model(
+    explainer: Explainer, *, channels_last: bool = False, compile: bool = False
+) -> None:
+    """Convert the explainer's backbone to channels-last and/or compile its graphs, in place."""
+    if channels_last:
+        explainer.to(memory_format=torch.channels_last)
+    if compile:
+        explainer.backbone.compile_graphs()
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial")
@@ -220,6 +240,8 @@ def run_inference(
     num_workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    precision: Precision = "32",
+    channels_last: bool = False,
 ) -> dict[str, int]:
     """Explain ``files`` in batches and write maps, overlays and records under ``output``.
 
@@ -233,6 +255,9 @@ def run_inference(
         batch_size, num_workers: loader settings (workers decode images in parallel).
         overwrite: redo images whose outputs are already complete.
         progress: show a progress bar.
+        precision: ``"32"``, or ``"bf16"`` / ``"16"`` to run the model under autocast.
+        channels_last: feed images in channels-last memory format (convert the model first
+            with :func:`prepare_model`).
 
     Returns:
         Counts: ``{"done", "skipped", "failed"}``.
@@ -267,7 +292,11 @@ def run_inference(
             for index, reason in batch["errors"]:
                 errors.append({"path": str(pending[index].path), "error": reason})
             if batch["image"] is not None:
-                explanation = explainer.explain(batch["image"], target)
+                images = batch["image"]
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with autocast(explainer.device, precision):
+                    explanation = explainer.explain(images, target)
                 probabilities = explanation.probabilities.float().cpu()
                 top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
                 writes: list[Future] = []
@@ -382,6 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="lcam: explain the trained attention (sigmoid, default) or the pre-sigmoid class map",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["32", "bf16", "16"],
+        default="32",
+        help="run the model under bf16/fp16 autocast (GPUs; bf16 also on recent CPUs)",
+    )
+    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone graphs")
     parser.add_argument("--overwrite", action="store_true", help="redo images already done")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -496,6 +533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = parse_target(
             args.target, explainer.backbone.class_names, explainer.backbone.num_classes
         )
+        if (args.channels_last or args.compile) and args.onnx:
+            raise ValueError("--channels-last and --compile apply to PyTorch models, not --onnx")
+        if not args.onnx:
+            prepare_model(explainer, channels_last=args.channels_last, compile=args.compile)
     except (ValueError, FileNotFoundError) as error:
         print(f"infer.py: error: {error}", file=sys.stderr)
         return 2
@@ -509,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_workers=args.num_workers,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        precision=args.precision,
+        channels_last=args.channels_last,
     )
     print(
         f"{counts['done']} explained, {counts['skipped']} already done, {counts['failed']} failed"

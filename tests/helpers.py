@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import torch
+from pytorch_lightning import Trainer
 
 from lcam.backbone import FrozenBackbone
 from lcam.models import TinyResNet
+from lcam.models.tiny import SHAPES_WEIGHTS
+from lcam.module import LCAMModule
 
 
 def tiny_backbone(num_classes: int = 5, width: int = 8, input_size: int = 32) -> FrozenBackbone:
@@ -17,3 +20,36 @@ def tiny_backbone(num_classes: int = 5, width: int = 8, input_size: int = 32) ->
             module.running_mean.uniform_(-0.2, 0.2, generator=generator)
             module.running_var.uniform_(0.5, 1.5, generator=generator)
     return FrozenBackbone(model, input_size=input_size)
+
+
+def shapes_module(head: str = "lcam_fm", **options: object) -> LCAMModule:
+    """An LCAMModule on the shipped TinyResNet (64 px), Adam 1e-2, constant learning rate."""
+    return LCAMModule(
+        backbone="lcam.models.TinyResNet",
+        weights=str(SHAPES_WEIGHTS),
+        num_classes=6,
+        input_size=64,
+        head=head,
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
+        lr_scheduler=None,
+        **options,
+    )
+
+
+def quiet_trainer(**options: object) -> Trainer:
+    """A CPU trainer with no logger, checkpoints, progress bar or summary."""
+    return Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row Pearson correlation of two ``(B, ...)`` tensors -> ``(B,)``."""
+    a, b = a.flatten(1), b.flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-12)

@@ -2,48 +2,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pytorch_lightning import Trainer
+from helpers import correlation, quiet_trainer, shapes_module
 
 import lcam
 from lcam.data import SyntheticShapesDataModule
 from lcam.distillation import TeacherMaps, map_distance
-from lcam.models.tiny import SHAPES_WEIGHTS
 from lcam.module import LCAMModule
 
 
-def _module(**options) -> LCAMModule:
-    return LCAMModule(
-        backbone="lcam.models.TinyResNet",
-        weights=str(SHAPES_WEIGHTS),
-        num_classes=6,
-        input_size=64,
-        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
-        lr_scheduler=None,
-        **options,
-    )
-
-
 def _fit(module: LCAMModule, data: SyntheticShapesDataModule, epochs: int = 1) -> None:
-    Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    ).fit(module, datamodule=data)
+    quiet_trainer(max_epochs=epochs, limit_val_batches=0).fit(module, datamodule=data)
 
 
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten(1), b.flatten(1)
-    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-    return (a * b).sum(1).div(a.norm(dim=1) * b.norm(dim=1) + 1e-12).mean().item()
+    return correlation(a, b).mean().item()
 
 
 def test_a_gradcam_teacher_pulls_the_head_towards_gradcam() -> None:
     data = SyntheticShapesDataModule(train_size=512, val_size=8, test_size=128, batch_size=32)
-    plain, taught = _module(), _module(teacher="gradcam", distill_weight=20.0)
+    plain, taught = shapes_module(), shapes_module(teacher="gradcam", distill_weight=20.0)
     torch.manual_seed(0)
     _fit(plain, data, epochs=2)
     torch.manual_seed(0)
@@ -67,7 +44,7 @@ def test_a_gradcam_teacher_pulls_the_head_towards_gradcam() -> None:
 def test_cache_is_built_once_reused_and_checked(tmp_path) -> None:
     data = SyntheticShapesDataModule(train_size=48, val_size=8, batch_size=16)
     cache = tmp_path / "gradcam_maps.pt"
-    module = _module(teacher="gradcam", teacher_cache=str(cache))
+    module = shapes_module(teacher="gradcam", teacher_cache=str(cache))
     _fit(module, data)
     stored = torch.load(cache, weights_only=True)
     assert stored["maps"].shape == (48, 8, 8) and stored["meta"]["teacher"] == "gradcam"
@@ -80,10 +57,10 @@ def test_cache_is_built_once_reused_and_checked(tmp_path) -> None:
     torch.testing.assert_close(cached, fresh, atol=2e-3, rtol=0)  # stored as float16
 
     before = cache.stat().st_mtime_ns
-    _fit(_module(teacher="gradcam", teacher_cache=str(cache)), data)
+    _fit(shapes_module(teacher="gradcam", teacher_cache=str(cache)), data)
     assert cache.stat().st_mtime_ns == before  # reused, not rebuilt
     with pytest.raises(ValueError, match="built for other settings.*teacher"):
-        _fit(_module(teacher="xgradcam", teacher_cache=str(cache)), data)
+        _fit(shapes_module(teacher="xgradcam", teacher_cache=str(cache)), data)
 
 
 def test_distance_and_bad_teacher() -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import torch
+from helpers import correlation
 
 import lcam
 from lcam.data import SyntheticShapes
@@ -23,21 +24,13 @@ def _images(count: int = 8) -> torch.Tensor:
     return torch.stack([dataset[i]["image"] for i in range(count)])
 
 
-def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    a, b = (
-        a.flatten(1) - a.flatten(1).mean(1, keepdim=True),
-        b.flatten(1) - b.flatten(1).mean(1, keepdim=True),
-    )
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
-
-
 def test_bf16_maps_agree_with_float32() -> None:
     explainer, images = _explainer(), _images()
     reference = explainer.explain(images)
     with autocast(torch.device("cpu"), "bf16"):
         reduced = explainer.explain(images)
     assert reduced.maps.dtype == torch.float32
-    assert (_correlation(reduced.maps, reference.maps) >= 0.99).all()
+    assert (correlation(reduced.maps, reference.maps) >= 0.99).all()
     assert torch.equal(reduced.targets, reference.targets)
 
 
@@ -46,7 +39,7 @@ def test_channels_last_maps_agree_with_float32() -> None:
     reference = explainer.explain(images).maps
     prepare_model(explainer, channels_last=True)
     maps = explainer.explain(images.contiguous(memory_format=torch.channels_last)).maps
-    assert (_correlation(maps, reference) >= 0.99).all()
+    assert (correlation(maps, reference) >= 0.99).all()
     torch.testing.assert_close(maps, reference, atol=1e-4, rtol=0)
 
 

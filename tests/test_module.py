@@ -2,36 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pytorch_lightning import Trainer
+from helpers import quiet_trainer, shapes_module
 
 from lcam.data import SyntheticShapesDataModule
 from lcam.localisation import in_mask_energy
-from lcam.models.tiny import SHAPES_WEIGHTS
 from lcam.module import LCAMModule
-
-
-def _module(head: str = "lcam_fm", **options) -> LCAMModule:
-    return LCAMModule(
-        backbone="lcam.models.TinyResNet",
-        weights=str(SHAPES_WEIGHTS),
-        num_classes=6,
-        input_size=64,
-        head=head,
-        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
-        lr_scheduler=None,
-        **options,
-    )
-
-
-def _trainer(**options) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **options,
-    )
 
 
 def _loss_on(module: LCAMModule, batch: dict[str, torch.Tensor]) -> float:
@@ -43,9 +18,9 @@ def _loss_on(module: LCAMModule, batch: dict[str, torch.Tensor]) -> float:
 def test_a_few_training_steps_lower_the_loss(head: str) -> None:
     data = SyntheticShapesDataModule(train_size=256, val_size=32, batch_size=32)
     fixed = next(iter(data.val_dataloader()))
-    module = _module(head)
+    module = shapes_module(head)
     before = _loss_on(module, fixed)
-    _trainer(max_steps=12, limit_val_batches=0).fit(module, datamodule=data)
+    quiet_trainer(max_steps=12, limit_val_batches=0).fit(module, datamodule=data)
     after = _loss_on(module, fixed)
     assert after < 0.8 * before, (before, after)
     assert not any(p.requires_grad for p in module.backbone.parameters())
@@ -54,8 +29,8 @@ def test_a_few_training_steps_lower_the_loss(head: str) -> None:
 
 def test_trained_head_localises_the_objects() -> None:
     data = SyntheticShapesDataModule(train_size=1536, val_size=256, test_size=256, batch_size=64)
-    module = _module("lcam_fm")
-    _trainer(max_epochs=1, limit_val_batches=0).fit(module, datamodule=data)
+    module = shapes_module("lcam_fm")
+    quiet_trainer(max_epochs=1, limit_val_batches=0).fit(module, datamodule=data)
     held_apart = data.dataset("test")
     batch = torch.utils.data.default_collate([held_apart[i] for i in range(len(held_apart))])
     explanation = module.explainer.explain(batch["image"])
@@ -83,7 +58,7 @@ def test_optimizer_groups_follow_the_recipe() -> None:
 
 
 def test_dataset_labels_option_uses_the_batch_labels() -> None:
-    module = _module(labels="dataset")
+    module = shapes_module(labels="dataset")
     batch = {"image": torch.rand(4, 3, 64, 64), "label": torch.tensor([5, 5, 5, 5])}
     with torch.no_grad():
         logits_module = module._step(batch)

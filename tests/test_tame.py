@@ -3,13 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from pytorch_lightning import Trainer
+from helpers import quiet_trainer, shapes_module
 
 import lcam
 from lcam.data import SyntheticShapesDataModule
 from lcam.heads import TAMEHead, default_tame_layers
 from lcam.localisation import in_mask_energy
-from lcam.models.tiny import SHAPES_WEIGHTS
 from lcam.module import LCAMModule
 
 
@@ -65,25 +64,9 @@ def test_other_models_need_explicit_layers() -> None:
 
 
 def _train(head: str, data: SyntheticShapesDataModule, **trainer_options) -> LCAMModule:
-    module = LCAMModule(
-        backbone="lcam.models.TinyResNet",
-        weights=str(SHAPES_WEIGHTS),
-        num_classes=6,
-        input_size=64,
-        head=head,
-        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
-        lr_scheduler=None,
-    )
+    module = shapes_module(head)
     torch.manual_seed(0)
-    Trainer(
-        accelerator="cpu",
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **trainer_options,
-    ).fit(module, datamodule=data)
+    quiet_trainer(limit_val_batches=0, **trainer_options).fit(module, datamodule=data)
     return module
 
 

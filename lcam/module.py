@@ -18,6 +18,15 @@ from torch import Tensor
 from lcam.api import build_explainer, describe_mismatch, explainer_metadata
 from lcam.backbone import FrozenBackbone
 from lcam.distillation import Distance, TeacherMaps, map_distance
+from lcam.evaluation import (
+    MethodComparison,
+    UnitAlignment,
+    alignment_rows,
+    log_to_wandb,
+    model_randomisation,
+    write_report,
+)
+from lcam.explainers import Explainer, get_explainer
 from lcam.explainers.base import normalise_maps, upsample_maps
 from lcam.localisation import in_mask_energy
 from lcam.losses import LCAMLoss, MapSelection
@@ -72,6 +81,17 @@ class LCAMModule(LightningModule):
         distill_distance: ``"mse"`` or ``"l1"``.
         teacher_cache: file of teacher maps for every training image, built on the first fit if
             missing (needs deterministic training images: no random augmentation).
+        methods: explainers to compare in ``test`` runs: ``"lcam"`` (this head) and any
+            registered name (``gradcam``, ``rise``, ``lime``, ...). Empty: no comparison.
+        method_options: ``{name: {option: value}}`` for the compared explainers.
+        comparison: keyword options of :class:`lcam.evaluation.MethodComparison` (``metrics``,
+            ``fractions``, ``deletion_steps``, ``gallery_size``, ...).
+        sanity_images: test images kept for the model-randomisation sanity check (0: off).
+        sanity_methods: methods the sanity check re-runs on every randomised model (default:
+            the compared methods that cost at most one forward pass per image).
+        unit_alignment: compute the network-dissection unit alignment on data with masks.
+        report_dir: where ``comparison.csv``/``.md`` and ``report.html`` go (default:
+            ``<default_root_dir>/comparison``).
     """
 
     def __init__(
@@ -100,6 +120,13 @@ class LCAMModule(LightningModule):
         distill_weight: float = 1.0,
         distill_distance: Distance = "mse",
         teacher_cache: str | None = None,
+        methods: list[str] | None = None,
+        method_options: dict[str, dict[str, Any]] | None = None,
+        comparison: dict[str, Any] | None = None,
+        sanity_images: int = 16,
+        sanity_methods: list[str] | None = None,
+        unit_alignment: bool = True,
+        report_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -125,6 +152,9 @@ class LCAMModule(LightningModule):
         self.in_mask_share = torchmetrics.MeanMetric()
         self.mask_area = torchmetrics.MeanMetric()
         self._overlay_images: Tensor | None = None
+        self.comparison: MethodComparison | None = None
+        self.units: UnitAlignment | None = None
+        self._sanity_batches: list[Tensor] = []
 
     @property
     def backbone(self) -> FrozenBackbone:
@@ -195,6 +225,74 @@ class LCAMModule(LightningModule):
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")
+        if self.comparison is None:
+            return
+        images = batch["image"]
+        self.comparison.update(images, batch.get("label"), batch.get("mask"), batch.get("boxes"))
+        if self.units is not None and "mask" in batch:
+            features = self.backbone.grid(self.backbone.body(images)[0])
+            self.units.update(features, batch["mask"], batch["label"])
+        kept = sum(len(chunk) for chunk in self._sanity_batches)
+        if kept < self.hparams.sanity_images:
+            self._sanity_batches.append(images[: self.hparams.sanity_images - kept].detach())
+
+    def _compared_methods(self) -> dict[str, Explainer]:
+        options = self.hparams.method_options or {}
+        unknown = sorted(set(options) - set(self.hparams.methods))
+        if unknown:
+            raise ValueError(f"method_options for methods not in methods: {unknown}")
+        return {
+            name: self.explainer
+            if name == "lcam"
+            else get_explainer(name, self.backbone, **options.get(name, {}))
+            for name in self.hparams.methods
+        }
+
+    def on_test_start(self) -> None:
+        """Build the method comparison for ``test`` runs that name ``methods``."""
+        if not self.hparams.methods:
+            return
+        methods = self._compared_methods()
+        self.comparison = MethodComparison(
+            self.backbone, methods, **(self.hparams.comparison or {})
+        ).to(self.device)
+        if self.hparams.unit_alignment:
+            self.units = UnitAlignment(
+                self.backbone.feature_channels, self.backbone.num_classes
+            ).to(self.device)
+        self._sanity_batches = []
+
+    def on_test_epoch_end(self) -> None:
+        """Compute the comparison on every rank, then write the report and log the table."""
+        if self.comparison is None:
+            return
+        results = self.comparison.results()
+        units = None
+        if self.units is not None and self.units.update_called:
+            units = alignment_rows(self.units.compute(), None, self.backbone.class_names)
+        for row in results["rows"]:
+            for column, value in row.items():
+                if isinstance(value, int | float) and column != "images":
+                    self.log(f"test/{row['method']}/{column}", float(value), rank_zero_only=True)
+        if not self.trainer.is_global_zero:
+            return
+        sanity = None
+        if self._sanity_batches:
+            methods = self._compared_methods()
+            chosen = self.hparams.sanity_methods or [
+                name for name, method in methods.items() if method.forward_passes <= 1
+            ]
+            sanity = model_randomisation(
+                self.backbone,
+                {name: methods[name] for name in chosen},
+                torch.cat(self._sanity_batches),
+            )
+        directory = Path(
+            self.hparams.report_dir or Path(self.trainer.default_root_dir) / "comparison"
+        )
+        paths = write_report(run_dir=directory, unit_alignment=units, sanity=sanity, **results)
+        log_to_wandb(self.loggers, results["rows"])
+        print(f"method comparison written to {paths['html']}")
 
     def on_validation_epoch_end(self) -> None:
         if self._overlay_images is None or self.trainer.sanity_checking:

@@ -82,3 +82,38 @@ def test_fit_logs_offline_and_writes_a_loadable_checkpoint(tmp_path, monkeypatch
         "val/in_mask_energy",
     ):
         assert column in metrics
+
+
+def test_test_run_compares_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = yaml.safe_load(_small_quickstart(tmp_path).read_text())
+    config["data"]["init_args"].update(test_size=12, batch_size=6)
+    config["model"].update(
+        methods=["lcam", "gradcam", "rise"],
+        method_options={"rise": {"num_masks": 20}},
+        comparison={"deletion_steps": 4, "road_fractions": [0.5], "gallery_size": 2},
+        sanity_images=4,
+    )
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli_main(["test", "--config", str(path)])
+    report = tmp_path / "comparison"
+    rows = (report / "comparison.csv").read_text().splitlines()
+    assert rows[0].startswith("method,") and [r.split(",")[0] for r in rows[1:]] == [
+        "lcam",
+        "gradcam",
+        "rise",
+    ]
+    for column in (
+        "ad@15",
+        "ic@15",
+        "deletion_auc",
+        "insertion_auc",
+        "pointing_game",
+        "ms_per_image",
+    ):
+        assert column in rows[0]
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 * 4 and "<svg" in html
+    assert (report / "comparison.md").exists() and (report / "sanity.csv").exists()
+    assert (report / "unit_alignment.csv").exists()

@@ -3,9 +3,13 @@ and ``mask`` (B, H, W) where the dataset has object masks."""
 
 from __future__ import annotations
 
+import json
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from pytorch_lightning import LightningDataModule
@@ -13,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
 from lcam.data.synthetic import SHAPE_NAMES, SyntheticShapes
+from lcam.metrics.localisation import boxes_to_masks
 
 __all__ = ["ImageFolderDataModule", "SyntheticShapesDataModule"]
 
@@ -33,6 +38,129 @@ class _DictDataset(Dataset):
             "label": torch.tensor(label, dtype=torch.long),
             "index": torch.tensor(index),
         }
+
+
+Boxes = Mapping[str, Sequence[Sequence[float]]]
+
+
+def _relative_key(path: str) -> str:
+    """Normalised POSIX form of a relative image path (``./a\\b.png`` -> ``a/b.png``)."""
+    return posixpath.normpath(path.strip().replace("\\", "/"))
+
+
+def read_image_list(path: str | Path) -> list[str]:
+    """Relative image paths of a list file: one per line; blank lines and ``#`` comments skipped.
+
+    Raises:
+        ValueError: when a path is listed twice.
+    """
+    entries: list[str] = []
+    seen: set[str] = set()
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key = _relative_key(line)
+        if key in seen:
+            raise ValueError(f"{str(path)!r} line {number}: {line!r} is listed twice")
+        seen.add(key)
+        entries.append(key)
+    return entries
+
+
+def read_boxes(path: str | Path) -> dict[str, list[list[float]]]:
+    """Boxes file: ``{relative_image_path: [[x0, y0, x1, y1], ...]}`` (JSON), keys normalised."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"boxes file {str(path)!r} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"boxes file {str(path)!r} must hold an object {{image path: boxes}}")
+    boxes: dict[str, list[list[float]]] = {}
+    for key, value in data.items():
+        entries = [[float(v) for v in box] for box in value]
+        if any(len(box) != 4 for box in entries):
+            raise ValueError(f"boxes of {key!r} in {str(path)!r} must be [x0, y0, x1, y1] lists")
+        boxes[_relative_key(key)] = entries
+    return boxes
+
+
+class _EvalFolderDataset(Dataset):
+    """An ImageFolder split restricted to a list of images, with object masks from side data.
+
+    Items are ``{"image", "label", "index"}`` plus ``"mask"`` (bool ``(S, S)``) when a mask
+    source is given. The mask gets the image's geometry: the eval transform's resize and centre
+    crop with nearest-neighbour interpolation.
+    """
+
+    def __init__(
+        self,
+        folder: datasets.ImageFolder,
+        transform: Callable[[Image.Image], torch.Tensor],
+        mask_transform: Callable[[Image.Image], Image.Image],
+        masks_dir: str | None,
+        boxes: Boxes | None,
+        image_list: Sequence[str] | None,
+    ) -> None:
+        self.root = Path(folder.root)
+        self.classes = list(folder.classes)
+        samples = [(Path(path), label) for path, label in folder.samples]
+        if image_list is not None:
+            by_key = {self._key(path): (path, label) for path, label in samples}
+            missing = [entry for entry in image_list if entry not in by_key]
+            if missing:
+                shown = ", ".join(repr(m) for m in missing[:5])
+                raise FileNotFoundError(
+                    f"{len(missing)} listed images are not in {str(self.root)!r} (paths are "
+                    f"relative to it, e.g. class/image.JPEG): {shown}"
+                )
+            samples = [by_key[entry] for entry in image_list]
+        self.samples = samples
+        self.transform, self.mask_transform = transform, mask_transform
+        self.masks_dir = Path(masks_dir) if masks_dir is not None else None
+        self.boxes = boxes
+        self.with_masks = masks_dir is not None or boxes is not None
+
+    def _key(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _mask(self, path: Path, label: int, size: tuple[int, int]) -> Image.Image:
+        """Object mask ``"L"`` (255 = object) of an image at its loaded ``size`` (W, H)."""
+        if self.masks_dir is not None:
+            mask_path = self.masks_dir / self.classes[label] / f"{path.stem}.png"
+            if mask_path.is_file():
+                with Image.open(mask_path) as mask_file:
+                    mask = np.asarray(mask_file.convert("L")) > 0
+                image = Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+                return image if image.size == size else image.resize(size, Image.NEAREST)
+        key = self._key(path)
+        if self.boxes is not None and key in self.boxes:
+            width, height = size
+            boxes = torch.tensor(self.boxes[key], dtype=torch.float32).reshape(-1, 4)
+            mask = boxes_to_masks(boxes, (height, width)).any(dim=0).numpy()
+            return Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+        sources = []
+        if self.masks_dir is not None:
+            sources.append(f"no {self.masks_dir / self.classes[label] / (path.stem + '.png')}")
+        if self.boxes is not None:
+            sources.append(f"no {key!r} in the boxes file")
+        raise FileNotFoundError(f"no object mask for {str(path)!r}: {'; '.join(sources)}")
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.samples[index]
+        image = _rgb_loader(str(path))
+        item = {
+            "image": self.transform(image),
+            "label": torch.tensor(label, dtype=torch.long),
+            "index": torch.tensor(index),
+        }
+        if self.with_masks:
+            mask = self.mask_transform(self._mask(path, label, image.size))
+            item["mask"] = torch.from_numpy(np.asarray(mask) > 0)
+        return item
 
 
 class _LoaderMixin:
@@ -78,8 +206,17 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 4,
         pin_memory: bool | None = None,
+        masks_dir: str | None = None,
+        boxes_file: str | None = None,
+        test_list: str | None = None,
     ) -> None:
         super().__init__()
+        for option, value in (("masks_dir", masks_dir), ("boxes_file", boxes_file)):
+            if value is not None and not Path(value).exists():
+                raise FileNotFoundError(f"data.{option} {value!r} does not exist")
+        if test_list is not None and not Path(test_list).is_file():
+            raise FileNotFoundError(f"data.test_list {test_list!r} is not a file")
+        self.masks_dir, self.boxes_file, self.test_list = masks_dir, boxes_file, test_list
         self.train_augment = train_augment
         self.train_dir, self.val_dir, self.test_dir = train_dir, val_dir, test_dir or val_dir
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
@@ -98,7 +235,15 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
                 transforms.ToTensor(),
             ]
         )
+        # The eval geometry for masks: nearest neighbour, no tensor conversion.
+        self.mask_transform = transforms.Compose(
+            [
+                transforms.Resize(resize_size, interpolation=transforms.InterpolationMode.NEAREST),
+                transforms.CenterCrop(image_size),
+            ]
+        )
         self.class_names: list[str] | None = None
+        self._boxes: dict[str, list[list[float]]] | None = None
 
     def _folder(self, directory: str | None, transform: Any, role: str) -> Dataset:
         if directory is None:
@@ -107,7 +252,15 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
             raise FileNotFoundError(f"data.{role}_dir {directory!r} is not a folder")
         folder = datasets.ImageFolder(directory, transform=transform, loader=_rgb_loader)
         self.class_names = list(folder.classes)
-        return _DictDataset(folder)
+        image_list = read_image_list(self.test_list) if role == "test" and self.test_list else None
+        side_data = self.masks_dir is not None or self.boxes_file is not None
+        if role == "train" or (not side_data and image_list is None):
+            return _DictDataset(folder)
+        if self.boxes_file is not None and self._boxes is None:
+            self._boxes = read_boxes(self.boxes_file)
+        return _EvalFolderDataset(
+            folder, transform, self.mask_transform, self.masks_dir, self._boxes, image_list
+        )
 
     def train_dataloader(self) -> DataLoader:
         transform = self.train_transform if self.train_augment else self.eval_transform

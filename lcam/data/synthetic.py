@@ -171,7 +171,11 @@ def _render(g: torch.Generator, num_classes: int, size: int) -> dict[str, torch.
     image = torch.where(mask, colour[:, None, None], image)
 
     image = (image + _NOISE_STD * torch.randn(image.shape, generator=g)).clamp_(0.0, 1.0)
-    return {"image": image.contiguous(), "label": torch.tensor(label, dtype=torch.int64), "mask": mask}
+    return {
+        "image": image.contiguous(),
+        "label": torch.tensor(label, dtype=torch.int64),
+        "mask": mask,
+    }
 
 
 class SyntheticShapes(Dataset):

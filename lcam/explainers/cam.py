@@ -137,7 +137,7 @@ def feature_pass(
             features = features.detach().requires_grad_(True)
             logits = backbone.tail(features, skips)
             wrt = (features,)
-        resolved = resolve_targets(logits.detach(), targets)
+        resolved = resolve_targets(logits.detach(), targets).clone()  # no inference tensor
         score = logits.gather(1, resolved[:, None]).sum()
         grads = torch.autograd.grad(score, wrt)[0]
     grid = backbone.grid

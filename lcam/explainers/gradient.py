@@ -174,7 +174,7 @@ class InputGradient(Explainer):
             images = images.detach().clone().requires_grad_(True)
             features, skips = self.backbone.body(images)
             logits = self.backbone.tail(features, skips)
-            resolved = resolve_targets(logits.detach(), targets)
+            resolved = resolve_targets(logits.detach(), targets).clone()  # no inference tensor
             score = logits.gather(1, resolved[:, None]).sum()
             grad_features = None
             if feature_gradients:

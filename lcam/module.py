@@ -34,6 +34,16 @@ from lcam.viz import overlay, to_uint8
 
 __all__ = ["LCAMModule", "paper_optimizer", "paper_scheduler"]
 
+_EVALUATION_ARGUMENTS = (
+    "methods",
+    "method_options",
+    "comparison",
+    "sanity_images",
+    "sanity_methods",
+    "unit_alignment",
+    "report_dir",
+)
+
 # The frozen backbone is kept in eval mode on purpose (BatchNorm statistics, no Dropout).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
@@ -129,7 +139,18 @@ class LCAMModule(LightningModule):
         report_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        # Evaluation settings stay out of the checkpoint: a test run takes them from its config
+        # (LightningCLI would otherwise let a checkpoint's values override the config's).
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *_EVALUATION_ARGUMENTS])
+        self.evaluation = {
+            "methods": list(methods or []),
+            "method_options": dict(method_options or {}),
+            "comparison": dict(comparison or {}),
+            "sanity_images": sanity_images,
+            "sanity_methods": sanity_methods,
+            "unit_alignment": unit_alignment,
+            "report_dir": report_dir,
+        }
         frozen = FrozenBackbone(
             backbone,
             num_classes=num_classes,
@@ -233,30 +254,30 @@ class LCAMModule(LightningModule):
             features = self.backbone.grid(self.backbone.body(images)[0])
             self.units.update(features, batch["mask"], batch["label"])
         kept = sum(len(chunk) for chunk in self._sanity_batches)
-        if kept < self.hparams.sanity_images:
-            self._sanity_batches.append(images[: self.hparams.sanity_images - kept].detach())
+        if kept < self.evaluation["sanity_images"]:
+            self._sanity_batches.append(images[: self.evaluation["sanity_images"] - kept].detach())
 
     def _compared_methods(self) -> dict[str, Explainer]:
-        options = self.hparams.method_options or {}
-        unknown = sorted(set(options) - set(self.hparams.methods))
+        options = self.evaluation["method_options"]
+        unknown = sorted(set(options) - set(self.evaluation["methods"]))
         if unknown:
             raise ValueError(f"method_options for methods not in methods: {unknown}")
         return {
             name: self.explainer
             if name == "lcam"
             else get_explainer(name, self.backbone, **options.get(name, {}))
-            for name in self.hparams.methods
+            for name in self.evaluation["methods"]
         }
 
     def on_test_start(self) -> None:
         """Build the method comparison for ``test`` runs that name ``methods``."""
-        if not self.hparams.methods:
+        if not self.evaluation["methods"]:
             return
         methods = self._compared_methods()
         self.comparison = MethodComparison(
-            self.backbone, methods, **(self.hparams.comparison or {})
+            self.backbone, methods, **(self.evaluation["comparison"])
         ).to(self.device)
-        if self.hparams.unit_alignment:
+        if self.evaluation["unit_alignment"]:
             self.units = UnitAlignment(
                 self.backbone.feature_channels, self.backbone.num_classes
             ).to(self.device)
@@ -279,7 +300,7 @@ class LCAMModule(LightningModule):
         sanity = None
         if self._sanity_batches:
             methods = self._compared_methods()
-            chosen = self.hparams.sanity_methods or [
+            chosen = self.evaluation["sanity_methods"] or [
                 name for name, method in methods.items() if method.forward_passes <= 1
             ]
             sanity = model_randomisation(
@@ -288,7 +309,7 @@ class LCAMModule(LightningModule):
                 torch.cat(self._sanity_batches),
             )
         directory = Path(
-            self.hparams.report_dir or Path(self.trainer.default_root_dir) / "comparison"
+            self.evaluation["report_dir"] or Path(self.trainer.default_root_dir) / "comparison"
         )
         paths = write_report(run_dir=directory, unit_alignment=units, sanity=sanity, **results)
         log_to_wandb(self.loggers, results["rows"])

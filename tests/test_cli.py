@@ -96,7 +96,11 @@ def test_test_run_compares_methods_and_writes_the_report(tmp_path, monkeypatch) 
     )
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(config))
-    cli_main(["test", "--config", str(path)])
+    cli_main(["fit", "--config", str(path), "--trainer.max_steps=2"])
+    # The evaluation settings come from the config even when a checkpoint is given.
+    cli_main(
+        ["test", "--config", str(path), "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")]
+    )
     report = tmp_path / "comparison"
     rows = (report / "comparison.csv").read_text().splitlines()
     assert rows[0].startswith("method,") and [r.split(",")[0] for r in rows[1:]] == [

@@ -16,6 +16,7 @@ from pytorch_lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
+from lcam.data.loaders import ResumableLoader, SeededSampler
 from lcam.data.synthetic import SHAPE_NAMES, SyntheticShapes
 from lcam.metrics.localisation import boxes_to_masks
 
@@ -167,17 +168,33 @@ class _LoaderMixin:
     batch_size: int
     num_workers: int
     pin_memory: bool | None
+    seed: int
+    trainer: Any
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        return DataLoader(
+        """Evaluation loaders: plain, in dataset order."""
+        return DataLoader(dataset, shuffle=shuffle, **self._loader_options())
+
+    def _training_loader(self, dataset: Dataset) -> ResumableLoader:
+        """Shuffled from (seed, epoch) only, sharded over DDP ranks, resumable mid-epoch."""
+        trainer = self.trainer
+        sampler = SeededSampler(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=pin,
-            persistent_workers=self.num_workers > 0,
+            shuffle=True,
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
         )
+        return ResumableLoader(dataset, sampler, **self._loader_options())
+
+    def _loader_options(self) -> dict[str, Any]:
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "pin_memory": pin,
+            "persistent_workers": self.num_workers > 0,
+        }
 
 
 class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
@@ -193,6 +210,7 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
         train_augment: random crop and flip for training (off for a teacher cache).
         batch_size, num_workers: loader settings.
         pin_memory: ``None`` pins when CUDA is available.
+        seed: seed of the training order (a function of seed and epoch only).
     """
 
     def __init__(
@@ -209,8 +227,10 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
         masks_dir: str | None = None,
         boxes_file: str | None = None,
         test_list: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         for option, value in (("masks_dir", masks_dir), ("boxes_file", boxes_file)):
             if value is not None and not Path(value).exists():
                 raise FileNotFoundError(f"data.{option} {value!r} does not exist")
@@ -264,7 +284,7 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         transform = self.train_transform if self.train_augment else self.eval_transform
-        return self._loader(self._folder(self.train_dir, transform, "train"), shuffle=True)
+        return self._training_loader(self._folder(self.train_dir, transform, "train"))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._folder(self.val_dir, self.eval_transform, "val"), shuffle=False)
@@ -314,7 +334,7 @@ class SyntheticShapesDataModule(_LoaderMixin, LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), shuffle=True)
+        return self._training_loader(self.dataset("train"))
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), shuffle=False)

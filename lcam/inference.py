@@ -5,6 +5,10 @@ own resolution), ``<name>.png`` (colour overlay) and one line of ``predictions.j
 cannot be read are listed in ``errors.jsonl`` with a one-line reason; every file is written under a
 temporary name and renamed, so an interrupted run leaves no partial file and a re-run with the same
 output folder finishes the rest.
+
+:class:`OutputWriter` is the one implementation of "write a batch's outputs and records" and "which
+images are complete", shared by the single-process loop (:func:`run_inference`) and the
+multi-process Lightning prediction writer (:mod:`lcam.predict`, ``infer.py --devices N``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from lcam.viz import overlay, to_uint8
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageFiles",
+    "OutputWriter",
     "collect_images",
     "main",
     "parse_target",
@@ -54,6 +59,8 @@ IMAGE_SUFFIXES = frozenset(
 )
 PREDICTIONS = "predictions.jsonl"
 ERRORS = "errors.jsonl"
+# Per-rank journals of a multi-process run (predictions.rank<R>.jsonl, errors.rank<R>.jsonl).
+RANK_JOURNAL = "{stem}.rank{rank}.jsonl"
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,9 @@ def collect_images(inputs: Sequence[str | Path]) -> list[ImageFile]:
     for entry in map(Path, inputs):
         if entry.is_dir():
             files = sorted(
-                p for p in entry.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p
+                for p in entry.rglob("*")
+                if (p.is_file() or p.is_symlink()) and p.suffix.lower() in IMAGE_SUFFIXES
             )
             if not files:
                 raise ValueError(
@@ -113,6 +122,9 @@ def read_rgb(path: Path) -> Tensor:
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 array = np.asarray(image, dtype=np.float64)
                 image = Image.fromarray((array * 255.0 / max(array.max(), 1.0)).astype(np.uint8))
+            if "A" in image.getbands() or "transparency" in image.info:
+                rgba = image.convert("RGBA")
+                image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
             rgb = image.convert("RGB")
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
 
@@ -212,21 +224,199 @@ def _write_outputs(map_: Tensor, overlay_image: Tensor, map_path: Path, overlay_
     )
 
 
-def _read_records(path: Path) -> dict[str, dict[str, Any]]:
-    records: dict[str, dict[str, Any]] = {}
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of ``path`` (none if it does not exist)."""
+    lines: list[dict[str, Any]] = []
     if path.exists():
         for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill; its image is redone
-                continue
-            records[record["name"]] = record
-    return records
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut by a kill: redone
+                lines.append(json.loads(line))
+    return lines
+
+
+def _read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """The records of a journal by image name, the last one of each name winning."""
+    return {record["name"]: record for record in _read_lines(path)}
 
 
 def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     lines = "".join(json.dumps(record) + "\n" for record in records)
     _atomic_write(path, lambda p: p.write_text(lines))
+
+
+def _record(
+    item: ImageFile, target: int, top: Any, row: int, class_names: Sequence[str] | None
+) -> dict[str, Any]:
+    def name_of(index: int) -> str | None:
+        return class_names[index] if class_names else None
+
+    return {
+        "name": item.name,
+        "path": str(item.path),
+        "top5": [
+            {"class": int(c), "name": name_of(int(c)), "probability": round(float(p), 6)}
+            for p, c in zip(top.values[row], top.indices[row], strict=True)
+        ],
+        "target": target,
+        "target_name": name_of(target),
+        "map": f"{item.name}.npy",
+        "overlay": f"{item.name}.png",
+    }
+
+
+class OutputWriter:
+    """Writes the outputs of explained batches and knows which images are complete.
+
+    Shared by the single-process loop and the multi-process prediction writer, so both write the
+    same files and resume the same way:
+
+    - :meth:`completed`: records of images whose outputs exist for this method and target, read
+      from ``predictions.jsonl`` and from per-rank journals an interrupted multi-process run left.
+    - :meth:`consolidate`: rewrite ``predictions.jsonl`` (in input order) and ``errors.jsonl``
+      atomically, then remove every per-rank journal.
+    - :meth:`open` / :meth:`write_batch` / :meth:`close`: write each image's map and overlay
+      atomically, then append its record to a journal (and failures to an error journal, if
+      given); records and errors of this process are also kept in :attr:`records` and
+      :attr:`errors`.
+
+    Args:
+        output: output folder.
+        method: the explainer's name, stored in each record.
+        requested: ``"predicted"`` or the requested class index, stored in each record.
+        class_names: names of the classes, if known.
+    """
+
+    def __init__(
+        self,
+        output: str | Path,
+        *,
+        method: str,
+        requested: str | int,
+        class_names: Sequence[str] | None,
+    ) -> None:
+        self.output = Path(output)
+        self.method, self.requested, self.class_names = method, requested, class_names
+        self.records: dict[str, dict[str, Any]] = {}
+        self.errors: list[dict[str, str]] = []
+        self._journal: Any = None
+        self._error_journal: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def rank_journal(self, stem: str, rank: int) -> Path:
+        """Per-rank journal ``<stem>.rank<rank>.jsonl`` (stem ``predictions`` or ``errors``)."""
+        return self.output / RANK_JOURNAL.format(stem=stem, rank=rank)
+
+    def rank_journals(self, stem: str) -> list[Path]:
+        """The per-rank journals of ``stem`` present in the output folder."""
+        pattern = RANK_JOURNAL.format(stem=stem, rank="*")
+        return sorted(p for p in self.output.glob(pattern) if p.name[len(stem) + 5 : -6].isdigit())
+
+    def is_complete(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is for this method and target and both its files exist."""
+        return (
+            record.get("requested") == self.requested
+            and record.get("method") == self.method
+            and (self.output / record["map"]).is_file()
+            and (self.output / record["overlay"]).is_file()
+        )
+
+    def completed(self, overwrite: bool = False) -> dict[str, dict[str, Any]]:
+        """Records of the images already complete (none with ``overwrite``), by name."""
+        if overwrite:
+            return {}
+        previous: dict[str, dict[str, Any]] = {}
+        for path in [self.output / PREDICTIONS, *self.rank_journals("predictions")]:
+            previous.update(_read_records(path))
+        return {name: record for name, record in previous.items() if self.is_complete(record)}
+
+    def consolidate(
+        self,
+        files: Sequence[ImageFile],
+        records: dict[str, dict[str, Any]],
+        errors: Sequence[dict[str, str]] | None = None,
+    ) -> None:
+        """Write ``records`` of ``files`` in input order to ``predictions.jsonl`` and ``errors``
+        (if given; also an empty list over an old file) to ``errors.jsonl``, then remove the
+        per-rank journals, whose records must be in ``records`` by then."""
+        _write_jsonl(
+            self.output / PREDICTIONS, [records[i.name] for i in files if i.name in records]
+        )
+        if errors is not None and (errors or (self.output / ERRORS).exists()):
+            position = {str(item.path): index for index, item in enumerate(files)}
+            ordered = sorted(errors, key=lambda error: position.get(error["path"], len(files)))
+            _write_jsonl(self.output / ERRORS, ordered)
+        for path in [*self.rank_journals("predictions"), *self.rank_journals("errors")]:
+            path.unlink(missing_ok=True)
+
+    def open(self, journal: Path, error_journal: Path | None = None, mode: str = "a") -> None:
+        """Start writing: records are appended to ``journal``, failures to ``error_journal``."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._journal = journal.open(mode)
+        self._error_journal = error_journal.open(mode) if error_journal is not None else None
+        self._pool = ThreadPoolExecutor(max_workers=2)
+
+    def close(self) -> None:
+        """Finish pending writes and close the journals (safe to call twice)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for handle in (self._journal, self._error_journal):
+            if handle is not None:
+                handle.close()
+        self._journal = self._error_journal = None
+
+    def write_batch(
+        self, batch: dict[str, Any], explanation: Any, items: Sequence[ImageFile]
+    ) -> None:
+        """Write the outputs of one collated batch (see :class:`ImageFiles`) and journal them.
+
+        Args:
+            batch: from :func:`_collate`; its ``index`` and ``errors`` index into ``items``.
+            explanation: the :class:`~lcam.explanation.Explanation` of ``batch["image"]``, or
+                ``None`` when the batch held no readable image.
+            items: the files the batch's dataset was built on.
+        """
+        if self._journal is None or self._pool is None:
+            raise RuntimeError("OutputWriter.write_batch before open()")
+        for index, reason in batch["errors"]:
+            error = {"path": str(items[index].path), "error": reason}
+            self.errors.append(error)
+            if self._error_journal is not None:
+                self._error_journal.write(json.dumps(error) + "\n")
+                self._error_journal.flush()
+        if explanation is None or not batch["index"]:
+            return
+        probabilities = explanation.probabilities.float().cpu()
+        top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
+        writes: list[tuple[Future, dict[str, Any]]] = []
+        for row, index in enumerate(batch["index"]):
+            item, original = items[index], batch["original"][row]
+            full_map = (
+                F.interpolate(
+                    explanation.maps[row][None, None],
+                    size=original.shape[-2:],
+                    mode="bilinear",
+                )[0, 0]
+                .clamp(0, 1)
+                .float()
+                .cpu()
+            )
+            blended = to_uint8(overlay(original.float()[None] / 255, full_map[None]))[0]
+            record = _record(item, explanation.targets[row].item(), top, row, self.class_names)
+            record.update(requested=self.requested, method=self.method)
+            future = self._pool.submit(
+                _write_outputs,
+                full_map,
+                blended,
+                self.output / record["map"],
+                self.output / record["overlay"],
+            )
+            writes.append((future, record))
+        for future, record in writes:
+            future.result()  # the record is journaled only once both files are in place
+            self._journal.write(json.dumps(record) + "\n")
+            self.records[record["name"]] = record
+        self._journal.flush()
 
 
 def run_inference(
@@ -264,20 +454,15 @@ def run_inference(
     """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    class_names = explainer.backbone.class_names
-    previous = {} if overwrite else _read_records(output / PREDICTIONS)
-    requested = "predicted" if target is None else target
-    complete = {
-        name
-        for name, record in previous.items()
-        if record.get("requested") == requested
-        and record.get("method") == explainer.name
-        and (output / record["map"]).is_file()
-        and (output / record["overlay"]).is_file()
-    }
-    records = {name: previous[name] for name in complete}
+    writer = OutputWriter(
+        output,
+        method=explainer.name,
+        requested="predicted" if target is None else target,
+        class_names=explainer.backbone.class_names,
+    )
+    complete = writer.completed(overwrite)
     pending = [item for item in files if item.name not in complete]
-    errors: list[dict[str, str]] = []
+    writer.consolidate(files, complete)  # fold in what an interrupted run journaled elsewhere
     loader = DataLoader(
         ImageFiles(pending, image_size or explainer.backbone.input_size),
         batch_size=batch_size,
@@ -286,76 +471,23 @@ def run_inference(
         pin_memory=explainer.device.type == "cuda",
     )
     bar = tqdm(total=len(pending), desc="explaining", unit="img", disable=not progress)
-    journal = (output / PREDICTIONS).open("w" if overwrite else "a")
-    with ThreadPoolExecutor(max_workers=2) as writers, journal:
+    writer.open(output / PREDICTIONS)
+    try:
         for batch in loader:
-            for index, reason in batch["errors"]:
-                errors.append({"path": str(pending[index].path), "error": reason})
+            explanation = None
             if batch["image"] is not None:
                 images = batch["image"]
                 if channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with autocast(explainer.device, precision):
                     explanation = explainer.explain(images, target)
-                probabilities = explanation.probabilities.float().cpu()
-                top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
-                writes: list[Future] = []
-                for row, index in enumerate(batch["index"]):
-                    item, original = pending[index], batch["original"][row]
-                    full_map = (
-                        F.interpolate(
-                            explanation.maps[row][None, None],
-                            size=original.shape[-2:],
-                            mode="bilinear",
-                        )[0, 0]
-                        .clamp(0, 1)
-                        .float()
-                        .cpu()
-                    )
-                    blended = to_uint8(overlay(original.float()[None] / 255, full_map[None]))[0]
-                    record = _record(item, explanation.targets[row].item(), top, row, class_names)
-                    record.update(requested=requested, method=explainer.name)
-                    writes.append(
-                        writers.submit(
-                            _write_outputs,
-                            full_map,
-                            blended,
-                            output / record["map"],
-                            output / record["overlay"],
-                        )
-                    )
-                    records[item.name] = record
-                for future, index in zip(writes, batch["index"], strict=True):
-                    future.result()
-                    journal.write(json.dumps(records[pending[index].name]) + "\n")
-                journal.flush()
+            writer.write_batch(batch, explanation, pending)
             bar.update(len(batch["index"]) + len(batch["errors"]))
-    bar.close()
-    ordered = [records[item.name] for item in files if item.name in records]
-    _write_jsonl(output / PREDICTIONS, ordered)
-    if errors or (output / ERRORS).exists():
-        _write_jsonl(output / ERRORS, errors)
-    return {"done": len(pending) - len(errors), "skipped": len(complete), "failed": len(errors)}
-
-
-def _record(
-    item: ImageFile, target: int, top: Any, row: int, class_names: Sequence[str] | None
-) -> dict[str, Any]:
-    def name_of(index: int) -> str | None:
-        return class_names[index] if class_names else None
-
-    return {
-        "name": item.name,
-        "path": str(item.path),
-        "top5": [
-            {"class": int(c), "name": name_of(int(c)), "probability": round(float(p), 6)}
-            for p, c in zip(top.values[row], top.indices[row], strict=True)
-        ],
-        "target": target,
-        "target_name": name_of(target),
-        "map": f"{item.name}.npy",
-        "overlay": f"{item.name}.png",
-    }
+    finally:
+        writer.close()
+        bar.close()
+    writer.consolidate(files, {**complete, **writer.records}, writer.errors)
+    return {"done": len(writer.records), "skipped": len(complete), "failed": len(writer.errors)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,7 +531,31 @@ def build_parser() -> argparse.ArgumentParser:
         "comma-separated list",
     )
     parser.add_argument("--layer", help="activation_max: maximise channels of this layer")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device", default="auto", help="one process: auto (default), cpu, cuda, cuda:1, ..."
+    )
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="processes per node; above 1, Lightning predict with one process per device, each "
+        "image explained and written once (default 1: one process on --device)",
+    )
+    parser.add_argument(
+        "--num-nodes", type=int, default=1, help="machines of a multi-process run (default 1)"
+    )
+    parser.add_argument(
+        "--accelerator",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="multi-process runs: the devices (default auto)",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=["auto", "ddp"],
+        default="auto",
+        help="multi-process runs: Lightning strategy (default auto)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
     parser.add_argument(
@@ -523,13 +679,26 @@ def _activation_max(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``infer.py``; returns the exit code (0: all done, 1: some inputs failed, 2: usage)."""
     args = build_parser().parse_args(argv)
+    distributed = args.devices > 1 or args.num_nodes > 1
     try:
         if args.method == "activation_max":
             return _activation_max(args)
         if not args.input:
             raise ValueError("--input is required")
+        if args.devices < 1 or args.num_nodes < 1:
+            raise ValueError("--devices and --num-nodes must be at least 1")
+        if distributed and args.onnx:
+            raise ValueError("--onnx runs in one process: drop --devices / --num-nodes")
+        if distributed and args.device != "auto":
+            raise ValueError(
+                "--device picks the device of one process; with --devices / --num-nodes use "
+                "--accelerator"
+            )
         files = collect_images(args.input)
-        explainer = build_explainer_from_args(args)
+        # A multi-process run loads the model on the CPU; Lightning moves it to each rank's device.
+        explainer = build_explainer_from_args(
+            argparse.Namespace(**{**vars(args), "device": "cpu"}) if distributed else args
+        )
         target = parse_target(
             args.target, explainer.backbone.class_names, explainer.backbone.num_classes
         )
@@ -540,21 +709,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"infer.py: error: {error}", file=sys.stderr)
         return 2
-    counts = run_inference(
-        explainer,
-        files,
-        args.output,
-        target=target,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        precision=args.precision,
-        channels_last=args.channels_last,
-    )
+    options: dict[str, Any] = {
+        "target": target,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "overwrite": args.overwrite,
+        "progress": not args.no_progress,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
+    }
+    if not distributed:
+        counts = run_inference(explainer, files, args.output, **options)
+        processes = ""
+    else:
+        from lcam.predict import LaunchError, run_distributed_inference
+
+        try:
+            counts = run_distributed_inference(
+                explainer,
+                files,
+                args.output,
+                devices=args.devices,
+                num_nodes=args.num_nodes,
+                accelerator=args.accelerator,
+                strategy=args.strategy,
+                relaunchable=argv is None or list(argv) == sys.argv[1:],
+                **options,
+            )
+        except LaunchError as error:
+            print(f"infer.py: error: {error}", file=sys.stderr)
+            return 2
+        if counts["rank"] != 0:
+            # Rank 0 reports the run and gives its exit code; an other rank's non-zero exit
+            # would make Lightning's launcher kill rank 0 while it reports.
+            return 0
+        per_rank = " + ".join(map(str, counts["per_rank"]))
+        processes = f" ({per_rank} by {len(counts['per_rank'])} processes)" if per_rank else ""
     print(
-        f"{counts['done']} explained, {counts['skipped']} already done, {counts['failed']} failed"
+        f"{counts['done']} explained{processes}, {counts['skipped']} already done, "
+        f"{counts['failed']} failed"
         + (f" (see {Path(args.output) / ERRORS})" if counts["failed"] else ""),
     )
     return 1 if counts["failed"] else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from helpers import tiny_backbone
 from torch import nn
 
@@ -191,3 +192,19 @@ def test_forward_pass_counts(name: str, options: dict, expected: int) -> None:
     assert result.forward_passes == expected == counter.full / 3 == counter.tail / 3
     assert result.backward_passes == 0
     assert result.maps.shape == (3, SIZE, SIZE)
+
+
+def test_occlusion_matches_captum() -> None:
+    from captum.attr import Occlusion as CaptumOcclusion
+
+    torch.manual_seed(0)
+    backbone = FrozenBackbone(torchvision.models.resnet18(num_classes=4), input_size=32)
+    images = torch.rand(2, 3, 32, 32)
+    targets = torch.tensor([1, 3])
+    ours, _, _ = perturbation.Occlusion(backbone, patch_size=8, stride=4).compute_maps(
+        images, targets
+    )
+    reference = CaptumOcclusion(lambda x: backbone(x).softmax(dim=1)).attribute(
+        images, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4), baselines=0.0, target=targets
+    )
+    torch.testing.assert_close(ours, reference[:, 0], atol=1e-5, rtol=0)

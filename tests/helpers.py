@@ -22,15 +22,15 @@ def tiny_backbone(num_classes: int = 5, width: int = 8, input_size: int = 32) ->
     return FrozenBackbone(model, input_size=input_size)
 
 
-def shapes_module(head: str = "lcam_fm", **options: object) -> LCAMModule:
-    """An LCAMModule on the shipped TinyResNet (64 px), Adam 1e-2, constant learning rate."""
+def shapes_module(head: str = "lcam_fm", lr: float = 1e-2, **options: object) -> LCAMModule:
+    """An LCAMModule on the shipped TinyResNet (64 px), Adam at a constant ``lr``."""
     return LCAMModule(
         backbone="lcam.models.TinyResNet",
         weights=str(SHAPES_WEIGHTS),
         num_classes=6,
         input_size=64,
         head=head,
-        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
+        optimizer=lambda params: torch.optim.Adam(params, lr=lr),
         lr_scheduler=None,
         **options,
     )

@@ -183,3 +183,66 @@ def test_ddp_equals_one_process_with_several_global_batches_per_epoch(launched) 
         f"largest head difference after each epoch: {differences}; the single-process and the "
         "DDP run did not see the same global batches"
     )
+
+
+def _comparison_rows(path: Path) -> dict[str, dict[str, str]]:
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    rows = {}
+    for line in lines[1:]:
+        values = dict(zip(header, line.split(","), strict=True))
+        values.pop("ms_per_image")
+        rows[values.pop("method")] = values
+    return rows
+
+
+def test_ddp_comparison_table_equals_one_process(launched, tmp_path) -> None:
+    checkpoint = _finish(launched, "one_batch")["single"] / "last.ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    processes = {}
+    for name, devices in (("single", 1), ("ddp", 2)):
+        config = yaml.safe_load(
+            _config(
+                tmp_path / name, devices=devices, batch_size=4, train_size=16, epochs=1
+            ).read_text()
+        )
+        config["model"].update(
+            methods=["lcam", "gradcam"],
+            comparison={
+                "metrics": ["adic", "deletion_insertion", "pointing_game", "energy_pointing_game"],
+                "deletion_steps": 4,
+            },
+            sanity_images=0,
+            unit_alignment=False,
+        )
+        path = tmp_path / name / "compare.yaml"
+        path.write_text(yaml.safe_dump(config))
+        processes[name] = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "test",
+                "--config",
+                str(path),
+                "--ckpt_path",
+                str(checkpoint),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    outputs = {name: process.communicate(timeout=240)[0] for name, process in processes.items()}
+    for name, process in processes.items():
+        assert process.returncode == 0, f"{name} test run failed:\n{outputs[name][-4000:]}"
+    single = _comparison_rows(tmp_path / "single" / "comparison" / "comparison.csv")
+    ddp = _comparison_rows(tmp_path / "ddp" / "comparison" / "comparison.csv")
+    assert list(single) == ["lcam", "gradcam"] and single["lcam"]["images"] == "16"
+    for method in single:
+        for column, value in single[method].items():
+            if value and ddp[method][column]:
+                assert float(ddp[method][column]) == pytest.approx(float(value), abs=1e-4), (
+                    method,
+                    column,
+                )

@@ -63,8 +63,10 @@ def test_other_models_need_explicit_layers() -> None:
         default_tame_layers(torchvision.models.mobilenet_v3_small())
 
 
-def _train(head: str, data: SyntheticShapesDataModule, **trainer_options) -> LCAMModule:
-    module = shapes_module(head)
+def _train(
+    head: str, data: SyntheticShapesDataModule, lr: float = 1e-2, **trainer_options
+) -> LCAMModule:
+    module = shapes_module(head, lr=lr)
     torch.manual_seed(0)
     quiet_trainer(limit_val_batches=0, **trainer_options).fit(module, datamodule=data)
     return module
@@ -79,8 +81,10 @@ def test_tame_localises_at_least_as_well_as_lcam() -> None:
         maps = module.explainer.explain(batch["image"]).maps
         return in_mask_energy(maps, batch["mask"]).mean().item()
 
-    tame = energy(_train("tame", data, max_epochs=1))
-    lcam_fm = energy(_train("lcam_fm", data, max_epochs=1))
+    # Same budget (one epoch of 1024 images); each head at its recipe's learning rate (TAME's
+    # published rates are 10x below L-CAM's), and L-CAM also at TAME's, keeping its better result.
+    tame = energy(_train("tame", data, lr=1e-3, max_epochs=1))
+    lcam_fm = max(energy(_train("lcam_fm", data, lr=lr, max_epochs=1)) for lr in (1e-2, 1e-3))
     assert tame >= lcam_fm, (tame, lcam_fm)
     assert tame >= 2 * batch["mask"].float().mean().item()
 

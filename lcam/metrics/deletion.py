@@ -13,6 +13,7 @@ from lcam.metrics.faithfulness import (
     pixel_ranks,
     predict_in_chunks,
     prepare_maps,
+    resolve_classes,
 )
 
 __all__ = ["DeletionInsertion", "trapezoid_auc"]
@@ -122,16 +123,7 @@ class DeletionInsertion(Metric):
         batch, _, height, width = images.shape
         device = images.device
         points = self.steps + 1
-        if targets is None:
-            targets = predict_in_chunks(
-                self.model,
-                lambda i: images[i],
-                batch,
-                self.batch_size,
-                lambda z, _: z.argmax(dim=1),
-                device,
-            )
-        classes = targets.to(device).long()
+        classes = resolve_classes(self.model, images, targets, self.batch_size)
         ranks = pixel_ranks(prepare_maps(maps.to(device), (height, width))).view(
             batch, 1, height, width
         )

@@ -122,6 +122,22 @@ def predict_in_chunks(
     return torch.cat(results) if results else torch.zeros(0, device=device)
 
 
+def resolve_classes(
+    model: Model, images: Tensor, targets: Tensor | None, batch_size: int
+) -> Tensor:
+    """``targets`` as ``(B,)`` int64 on the images' device, or the model's top-1 classes."""
+    if targets is None:
+        return predict_in_chunks(
+            model,
+            lambda i: images[i],
+            len(images),
+            batch_size,
+            lambda logits, _: logits.argmax(dim=1),
+            images.device,
+        )
+    return targets.to(images.device).long()
+
+
 def check_batch(images: Tensor, maps: Tensor, targets: Tensor | None) -> None:
     """Validate ``images (B, 3, H, W)``, ``maps (B, h, w)`` and optional ``targets (B,)``."""
     if images.dim() != 4 or images.shape[1] != 3:

@@ -17,6 +17,7 @@ from lcam.metrics.faithfulness import (
     pixel_ranks,
     predict_in_chunks,
     prepare_maps,
+    resolve_classes,
 )
 
 __all__ = ["ROAD", "noisy_linear_imputation"]
@@ -192,16 +193,7 @@ class ROAD(Metric):
         check_batch(images, maps, targets)
         batch, _, height, width = images.shape
         device = images.device
-        if targets is None:
-            targets = predict_in_chunks(
-                self.model,
-                lambda i: images[i],
-                batch,
-                self.batch_size,
-                lambda z, _: z.argmax(dim=1),
-                device,
-            )
-        classes = targets.to(device).long()
+        classes = resolve_classes(self.model, images, targets, self.batch_size)
         relevance = prepare_maps(maps.to(device), (height, width))
 
         def survives(logits: Tensor, index: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ per image *counted* with hooks on the network's first and last layers, and the p
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -26,6 +27,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -91,6 +93,7 @@ CLASSIC = [
     "scorecam",
 ]
 TRAINING = ["train.lcam_fm", "train.lcam_img"]
+PIPELINE = ["infer.lcam_fm"]
 PEERS = [
     "grad-cam.GradCAM",
     "grad-cam.GradCAMPlusPlus",
@@ -105,7 +108,8 @@ GROUPS: dict[str, list[str]] = {
     "classic": CLASSIC,
     "train": TRAINING,
     "peers": PEERS,
-    "all": REFERENCE + LEARNED + CLASSIC + TRAINING + PEERS,
+    "pipeline": PIPELINE,
+    "all": REFERENCE + LEARNED + CLASSIC + TRAINING + PEERS + PIPELINE,
 }
 METHODS = GROUPS["all"]
 
@@ -131,6 +135,10 @@ QUICK_OPTIONS: dict[str, dict[str, Any]] = {
 PEER_SAMPLES, PEER_QUICK_SAMPLES = 1000, 200  # LIME samples of the peers (lcam's default: 1000)
 # Skipped by --quick on the large models: no setting reduces their C + 1 passes per image.
 QUICK_SKIPPED = {"scorecam", "grad-cam.ScoreCAM"}
+# infer.py end to end: JPEG files of this side (larger than the model's input, as photos are),
+# this many per model (enough batches of infer.py's default 16 for the loader to run ahead).
+PIPELINE_SIDE = 320
+PIPELINE_IMAGES = {"quickstart": 256, "resnet50": 64, "vgg16": 64}
 PEER_PACKAGES = {"grad-cam": "pytorch_grad_cam", "captum": "captum", "lime": "lime"}
 # Options shown in the table's settings column (the JSON has every option).
 KEY_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -194,6 +202,8 @@ class Row:
     backward_passes: float | None = None
     backward_tail_passes: float | None = None
     peak_rss_mb: float | None = None
+    peak_tensor_mb: float | None = None
+    memory_ratio: float | None = None
     note: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     images_per_call: int | None = None
@@ -201,6 +211,7 @@ class Row:
     calls_per_run: int | None = None
     run_ms_per_image: list[float] = field(default_factory=list)
     reference_forward_ms_per_image: float | None = None
+    reference_peak_tensor_mb: float | None = None
     scaled_ms_per_image: float | None = None
     reported_forward_passes: float | None = None
     reported_backward_passes: float | None = None
@@ -247,6 +258,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
         "ratio to forward",
         "fwd passes/image",
         "bwd passes/image",
+        "peak tensor MB",
+        "memory ratio",
         "peak RSS MB",
         "note",
     ]
@@ -261,6 +274,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
             _number(row.ratio),
             _passes(row.forward_passes, row.forward_tail_passes),
             _passes(row.backward_passes, row.backward_tail_passes),
+            _number(row.peak_tensor_mb),
+            _number(row.memory_ratio),
             _rss(row.peak_rss_mb, row.baseline_rss_mb),
             note.replace("|", "/"),
         ]
@@ -405,6 +420,59 @@ def time_call(
     return Timing(runs, number)
 
 
+def peak_tensor_mb(call: Callable[[], Any]) -> float:
+    """Peak memory of the tensors that one ``call`` allocates and holds at once, in MiB.
+
+    Every operator the call dispatches is followed (forward, backward and optimiser alike, on any
+    device): a new output storage adds its size while a tensor refers to it; memory that existed
+    before the call (weights, input images) is not counted. Unlike the process's RSS this is
+    exact and independent of the allocator; it leaves out the operators' private scratch
+    buffers (e.g. oneDNN workspaces). Untimed: following every operator slows the call down.
+    """
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class TensorMemory(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.references: dict[int, int] = {}  # storage -> live tensors referring to it
+            self.sizes: dict[int, int] = {}
+            self.current = self.peak = 0
+
+        def _release(self, storage: int) -> None:
+            self.references[storage] -= 1
+            if self.references[storage] == 0:
+                del self.references[storage]
+                self.current -= self.sizes.pop(storage)
+
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            output = func(*args, **(kwargs or {}))
+            aliasing = any(r.alias_info is not None for r in func._schema.returns)
+            for tensor in tree_leaves(output):
+                if not isinstance(tensor, torch.Tensor):
+                    continue
+                storage = tensor.untyped_storage()._cdata
+                if storage not in self.references:
+                    if aliasing:  # a view of (or in-place write to) memory from before the call
+                        continue
+                    self.references[storage] = 0
+                    self.sizes[storage] = tensor.untyped_storage().nbytes()
+                    self.current += self.sizes[storage]
+                    self.peak = max(self.peak, self.current)
+                self.references[storage] += 1
+                weakref.finalize(tensor, self._release, storage)
+            return output
+
+    with TensorMemory() as memory:
+        call()
+    return memory.peak / 2**20
+
+
 class PassCounter:
     """Counts images through the first and last layer of a network, forward and backward.
 
@@ -511,6 +579,9 @@ class Case:
     settings: str = ""
     notes: list[str] = field(default_factory=list)
     slow: bool = False
+    # The reference of the ratio (default: a plain forward of ``images``) and what it is.
+    reference: Callable[[], Any] | None = None
+    memory: bool = True  # measure the call's peak tensor memory (not for the slow methods)
     reported: tuple[float, float] | None = None  # lcam's (forward, backward) passes per image
     result: Callable[[], Any] | None = None  # returns the last Explanation (for reported passes)
     # Scaling of a reduced setting to its default: (what, factor on the part that scales with the
@@ -728,6 +799,64 @@ def _training_case(ctx: Context, method: str, module: Any) -> Case:
     )
 
 
+def _pipeline_case(ctx: Context, method: str) -> Case:
+    """``infer.py``'s :func:`~lcam.inference.run_inference` on a folder of JPEG files, end to
+    end (decoding in loader workers, model, maps and overlays written), with its defaults;
+    the reference is the model alone on the same decoded images in batches of the same size."""
+    import torch
+    from PIL import Image
+
+    import lcam
+    from lcam.data import SyntheticShapes
+    from lcam.inference import ImageFiles, collect_images, run_inference
+
+    defaults = inspect.signature(run_inference).parameters
+    batch_size = defaults["batch_size"].default
+    workers = defaults["num_workers"].default
+    explainer = lcam.build_explainer(ctx.backbone, head=method.partition(".")[2]).eval()
+    folder = Path(tempfile.mkdtemp(prefix="lcam-benchmark-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    count = PIPELINE_IMAGES[ctx.name]
+    shapes = SyntheticShapes(count, image_size=PIPELINE_SIDE, seed=0)
+    (folder / "images").mkdir()
+    for index in range(count):
+        pixels = (shapes[index]["image"] * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / "images" / f"{index:05d}.jpg", quality=90)
+    files = collect_images([folder / "images"])
+    decoded = ImageFiles(files, ctx.spec.input_size)
+    images = torch.stack([decoded[i]["image"] for i in range(count)])
+
+    def end_to_end() -> None:
+        run_inference(explainer, files, folder / "maps", overwrite=True, progress=False)
+
+    def model_only() -> None:
+        with torch.no_grad():
+            for batch in images.split(batch_size):
+                explainer.explain(batch)
+
+    return Case(
+        end_to_end,
+        images,
+        ctx.backbone.model,
+        options={
+            "images": count,
+            "side": PIPELINE_SIDE,
+            "batch_size": batch_size,
+            "num_workers": workers,
+        },
+        settings=(
+            f"{count} JPEG files {PIPELINE_SIDE}x{PIPELINE_SIDE}, infer.py defaults "
+            f"(batch {batch_size}, {workers} workers)"
+        ),
+        notes=[
+            "ratio = end to end / the model alone (explain() on the decoded images, same "
+            "batches); images/s end to end = 1 / ratio of the model's"
+        ],
+        reference=model_only,
+        memory=False,
+    )
+
+
 def _peer_case(ctx: Context, method: str) -> Case:
     import torch
 
@@ -900,6 +1029,8 @@ def measure(
             case = _classic_case(ctx, method)
         elif method in TRAINING:
             case = _training_case(ctx, method, module)
+        elif method in PIPELINE:
+            case = _pipeline_case(ctx, method)
         else:
             case = _peer_case(ctx, method)
     except NotApplicableError as reason:
@@ -912,10 +1043,10 @@ def measure(
     row.baseline_rss_mb = _current_rss_mb()
     timing_options = {"repeats": repeats, "max_seconds": max_seconds}
 
+    reference_call = case.reference or _no_grad(lambda: backbone(case.images))
     if method == "forward":
         reference = None
     else:
-        reference_call = _no_grad(lambda: backbone(case.images))
         # Cheap, so always at least 5 runs: a stall in the reference skews the whole row's ratio.
         reference = time_call(reference_call, count, repeats=max(5, repeats)).median
         row.reference_forward_ms_per_image = reference
@@ -969,6 +1100,12 @@ def measure(
         )
     if len(timing.ms_per_image) < repeats:
         notes.append(f"{len(timing.ms_per_image)} of {repeats} runs (--max-seconds)")
+    if case.memory and not case.slow:
+        row.peak_tensor_mb = peak_tensor_mb(case.call)
+        row.reference_peak_tensor_mb = (
+            row.peak_tensor_mb if method == "forward" else peak_tensor_mb(reference_call)
+        )
+        row.memory_ratio = row.peak_tensor_mb / row.reference_peak_tensor_mb
     row.note = "; ".join(notes)
     row.peak_rss_mb = _peak_rss_mb()
     row.seconds = time.perf_counter() - started

@@ -32,6 +32,7 @@ import yaml
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import encode_png
 from tqdm.auto import tqdm
 
 from lcam.api import load_explainer, resolve_device
@@ -217,11 +218,17 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
         np.save(handle, array)
 
 
-def _write_outputs(map_: Tensor, overlay_image: Tensor, map_path: Path, overlay_path: Path) -> None:
-    _atomic_write(map_path, lambda p: _save_npy(map_.numpy(), p))
-    _atomic_write(
-        overlay_path, lambda p: Image.fromarray(overlay_image.numpy()).save(p, format="PNG")
-    )
+def _write_outputs(map_: Tensor, original: Tensor, map_path: Path, overlay_path: Path) -> None:
+    """Upsample a ``(h, w)`` map to the ``(3, H, W)`` uint8 original's size; write it as
+    ``.npy`` and its colour overlay as PNG, each atomically. Runs in the writer's threads."""
+    full_map = F.interpolate(map_.float()[None, None], size=original.shape[-2:], mode="bilinear")[
+        0, 0
+    ].clamp(0, 1)
+    blended = to_uint8(overlay(original.float()[None] / 255, full_map[None]))[0]
+    _atomic_write(map_path, lambda p: _save_npy(full_map.numpy(), p))
+    # zlib level 1: 2x faster than the default 6 for files about 10 % larger.
+    png = encode_png(blended.permute(2, 0, 1).contiguous(), compression_level=1)
+    _atomic_write(overlay_path, lambda p: p.write_bytes(png.numpy().tobytes()))
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
@@ -277,7 +284,9 @@ class OutputWriter:
     - :meth:`open` / :meth:`write_batch` / :meth:`close`: write each image's map and overlay
       atomically, then append its record to a journal (and failures to an error journal, if
       given); records and errors of this process are also kept in :attr:`records` and
-      :attr:`errors`.
+      :attr:`errors`. A batch's files are written in background threads while the caller
+      computes the next batch; its records are journaled once its files are in place (at the
+      next :meth:`write_batch` or at :meth:`close`).
 
     Args:
         output: output folder.
@@ -301,6 +310,7 @@ class OutputWriter:
         self._journal: Any = None
         self._error_journal: Any = None
         self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[tuple[Future, dict[str, Any]]] = []
 
     def rank_journal(self, stem: str, rank: int) -> Path:
         """Per-rank journal ``<stem>.rank<rank>.jsonl`` (stem ``predictions`` or ``errors``)."""
@@ -355,8 +365,24 @@ class OutputWriter:
         self._error_journal = error_journal.open(mode) if error_journal is not None else None
         self._pool = ThreadPoolExecutor(max_workers=2)
 
+    def _journal_written(self) -> None:
+        """Wait for the pending files; journal the record of each image whose files are in place."""
+        pending, self._pending = self._pending, []
+        failure: BaseException | None = None
+        for future, record in pending:
+            if (error := future.exception()) is not None:
+                failure = failure or error
+                continue
+            self._journal.write(json.dumps(record) + "\n")
+            self.records[record["name"]] = record
+        self._journal.flush()
+        if failure is not None:
+            raise failure
+
     def close(self) -> None:
-        """Finish pending writes and close the journals (safe to call twice)."""
+        """Finish pending writes, journal them and close the journals (safe to call twice)."""
+        if self._journal is not None:
+            self._journal_written()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -384,39 +410,24 @@ class OutputWriter:
             if self._error_journal is not None:
                 self._error_journal.write(json.dumps(error) + "\n")
                 self._error_journal.flush()
+        self._journal_written()  # the previous batch's, written while this one was computed
         if explanation is None or not batch["index"]:
             return
         probabilities = explanation.probabilities.float().cpu()
         top = probabilities.topk(min(5, probabilities.shape[1]), dim=1)
-        writes: list[tuple[Future, dict[str, Any]]] = []
+        maps = explanation.maps.detach().float().cpu()
+        targets = explanation.targets.tolist()
         for row, index in enumerate(batch["index"]):
-            item, original = items[index], batch["original"][row]
-            full_map = (
-                F.interpolate(
-                    explanation.maps[row][None, None],
-                    size=original.shape[-2:],
-                    mode="bilinear",
-                )[0, 0]
-                .clamp(0, 1)
-                .float()
-                .cpu()
-            )
-            blended = to_uint8(overlay(original.float()[None] / 255, full_map[None]))[0]
-            record = _record(item, explanation.targets[row].item(), top, row, self.class_names)
+            record = _record(items[index], targets[row], top, row, self.class_names)
             record.update(requested=self.requested, method=self.method)
             future = self._pool.submit(
                 _write_outputs,
-                full_map,
-                blended,
+                maps[row],
+                batch["original"][row],
                 self.output / record["map"],
                 self.output / record["overlay"],
             )
-            writes.append((future, record))
-        for future, record in writes:
-            future.result()  # the record is journaled only once both files are in place
-            self._journal.write(json.dumps(record) + "\n")
-            self.records[record["name"]] = record
-        self._journal.flush()
+            self._pending.append((future, record))
 
 
 def run_inference(

@@ -47,6 +47,11 @@ def test_single_measurement_writes_a_sane_row(tmp_path, monkeypatch):
     assert (row["backward_passes"], row["backward_tail_passes"]) == (0.0, 1.0)
     assert (row["reported_forward_passes"], row["reported_backward_passes"]) == (1.0, 1.0)
     assert row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0
+    # Grad-CAM holds the forward's activations plus the tail's gradients: more than a forward.
+    assert row["peak_tensor_mb"] >= row["reference_peak_tensor_mb"] > 0
+    assert row["memory_ratio"] == pytest.approx(
+        row["peak_tensor_mb"] / row["reference_peak_tensor_mb"]
+    )
     table = runner.markdown_table([runner.Row(**row)])
     assert "| quickstart | gradcam |" in table
 
@@ -58,3 +63,29 @@ def test_method_groups_and_errors():
         runner.expand_methods(["gradcam", "no_such_method"])
     assert runner.skip_reason("resnet50", "scorecam", quick=True)
     assert runner.skip_reason("quickstart", "scorecam", quick=True) is None
+
+
+def test_peak_tensor_memory_follows_allocations_and_frees():
+    runner = _load_runner()
+    mib = 2**20 // 4  # float32 elements in one MiB
+    before = torch.zeros(4 * mib)
+
+    def two_alive_then_one() -> None:
+        first = torch.ones(mib)
+        second = first * 2  # 2 MiB alive
+        del first
+        third = second + 1  # 2 MiB alive again, never 3
+        del second, third
+        before.view(2, -1).add_(1)  # a view and an in-place write of memory from before
+
+    assert runner.peak_tensor_mb(two_alive_then_one) == pytest.approx(2.0)
+
+    weights = torch.ones(mib, requires_grad=True)
+
+    def forward_backward() -> None:
+        activations = (weights * 3).relu()  # 1 MiB, saved by relu for the backward
+        # Backward: relu's input gradient (2 MiB alive), then the weights' gradient (3 MiB),
+        # which stays as weights.grad; the product's output was freed after relu.
+        activations.sum().backward()
+
+    assert runner.peak_tensor_mb(forward_backward) == pytest.approx(3.0, abs=1e-3)

@@ -74,7 +74,14 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 REFERENCE = ["forward", "forward_unsplit"]
-LEARNED = ["lcam_fm", "lcam_img", "lcam_fm.class_maps", "lcam_img.class_maps"]
+LEARNED = [
+    "lcam_fm",
+    "lcam_img",
+    "tame",
+    "lcam_fm.class_maps",
+    "lcam_img.class_maps",
+    "tame.class_maps",
+]
 CLASSIC = [
     "cam",
     "gradcam",
@@ -92,7 +99,7 @@ CLASSIC = [
     "rise",
     "scorecam",
 ]
-TRAINING = ["train.lcam_fm", "train.lcam_img"]
+TRAINING = ["train.lcam_fm", "train.lcam_img", "train.tame"]
 PIPELINE = ["infer.lcam_fm"]
 PEERS = [
     "grad-cam.GradCAM",
@@ -687,7 +694,9 @@ def _learned_case(ctx: Context, method: str) -> Case:
     head, _, part = method.partition(".")
     explainer = lcam.build_explainer(ctx.backbone, head=head).eval()
     images = ctx.images
-    notes = ["untrained head (same cost as a trained one)"]
+    parameters = sum(p.numel() for p in explainer.head.parameters())
+    layers = "/".join(ctx.backbone.target_layers)
+    notes = [f"untrained head (same cost as a trained one): {parameters:,} parameters on {layers}"]
     if part == "class_maps":
         return Case(
             _no_grad(lambda: explainer.class_maps(images)),

@@ -312,6 +312,25 @@ class OutputWriter:
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[tuple[Future, dict[str, Any]]] = []
 
+    @classmethod
+    def for_explainer(
+        cls, explainer: Explainer, output: str | Path, target: int | None
+    ) -> OutputWriter:
+        """The writer of ``explainer``'s outputs for ``target`` (``None``: predicted class)."""
+        return cls(
+            output,
+            method=explainer.name,
+            requested="predicted" if target is None else target,
+            class_names=explainer.backbone.class_names,
+        )
+
+    def split_done(
+        self, files: Sequence[ImageFile], overwrite: bool = False
+    ) -> tuple[dict[str, dict[str, Any]], list[ImageFile]]:
+        """Records of the complete images (see :meth:`completed`) and the files still to do."""
+        complete = self.completed(overwrite)
+        return complete, [item for item in files if item.name not in complete]
+
     def rank_journal(self, stem: str, rank: int) -> Path:
         """Per-rank journal ``<stem>.rank<rank>.jsonl`` (stem ``predictions`` or ``errors``)."""
         return self.output / RANK_JOURNAL.format(stem=stem, rank=rank)
@@ -465,14 +484,8 @@ def run_inference(
     """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    writer = OutputWriter(
-        output,
-        method=explainer.name,
-        requested="predicted" if target is None else target,
-        class_names=explainer.backbone.class_names,
-    )
-    complete = writer.completed(overwrite)
-    pending = [item for item in files if item.name not in complete]
+    writer = OutputWriter.for_explainer(explainer, output, target)
+    complete, pending = writer.split_done(files, overwrite)
     writer.consolidate(files, complete)  # fold in what an interrupted run journaled elsewhere
     loader = DataLoader(
         ImageFiles(pending, image_size or explainer.backbone.input_size),

@@ -224,14 +224,8 @@ def run_distributed_inference(
         LaunchError: the processes cannot be started from this call.
     """
     output = Path(output)
-    writer = OutputWriter(
-        output,
-        method=explainer.name,
-        requested="predicted" if target is None else target,
-        class_names=explainer.backbone.class_names,
-    )
-    complete = writer.completed(overwrite)
-    pending = [item for item in files if item.name not in complete]
+    writer = OutputWriter.for_explainer(explainer, output, target)
+    complete, pending = writer.split_done(files, overwrite)
     if not pending:  # nothing to distribute: no process is started
         output.mkdir(parents=True, exist_ok=True)
         writer.consolidate(files, complete, [])

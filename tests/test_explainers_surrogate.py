@@ -257,3 +257,61 @@ def test_forward_pass_counts(name: str) -> None:
     assert result.forward_passes == 25 == sum(counted) / 3
     assert max(counted) <= 16
     assert result.backward_passes == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "fill"),
+    [
+        ("lime", (0.0, 0.0, 0.0)),
+        ("lime", (0.2, 0.5, 0.9)),
+        ("lime", "blur"),
+        ("kernel_shap", "blur"),
+    ],
+)
+def test_batched_scores_and_maps_match_reference(name: str, fill: object) -> None:
+    """The chunked fast path (gather through the label maps, channels-last batches on the CPU,
+    chunks spanning two images) gives the scores and maps of a plain per-sample computation."""
+    backbone = tiny_backbone()
+    images = torch.cat([smooth_images(), blocky_images()])
+    explainer = EXPLAINERS[name](
+        backbone,
+        num_samples=30,
+        segmentation="slic",
+        segmentation_options={"n_segments": 12},
+        fill=fill,
+        blur_sigma=2.0,
+        batch_size=7,  # 29 samples per image: chunks cross the boundary between the images
+    )
+    inputs: list[torch.Tensor] = []
+    handle = backbone.model.stem[0].register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    try:
+        fit = explainer.fit(images, [1, 3])
+    finally:
+        handle.remove()
+    assert fit.num_superpixels[0] != fit.num_superpixels[1]
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for x in inputs[1:])
+
+    if fill == "blur":
+        background = surrogate.gaussian_blur(images, 2.0)
+    else:
+        background = torch.tensor(fill).view(1, 3, 1, 1).expand_as(images)
+    expected = torch.empty_like(fit.scores)
+    with torch.no_grad():
+        for b in range(len(images)):
+            for s in range(fit.samples.shape[1]):
+                shown = fit.samples[b, s][fit.labels[b]]  # (H, W)
+                image = torch.where(shown, images[b], background[b]).contiguous()
+                probabilities = backbone(image[None]).softmax(dim=1)[0]
+                expected[b, s] = probabilities[fit.targets[b]]
+    assert torch.allclose(fit.scores, expected, atol=1e-5)
+
+    coefficients, intercept = explainer.solve(fit.samples, expected, fit.num_superpixels)
+    assert torch.allclose(fit.coefficients, coefficients, atol=1e-4)
+    assert torch.allclose(fit.intercept, intercept, atol=1e-5)
+    maps = explainer.explain(images, [1, 3]).maps
+    reference = torch.stack(
+        [coefficients[b][fit.labels[b]] for b in range(len(images))]
+    )  # paint each superpixel with its coefficient, then min-max normalise as the base does
+    low = reference.flatten(1).min(dim=1).values.view(-1, 1, 1)
+    high = reference.flatten(1).max(dim=1).values.view(-1, 1, 1)
+    assert torch.allclose(maps, (reference - low) / (high - low), atol=1e-5)

@@ -14,7 +14,9 @@ superpixel with its coefficient ``phi_j`` (signed; the explainer base min-max no
 
 Samples are stored as ``(B, S, M)`` boolean tensors (``M`` = the largest superpixel count of the
 batch; columns beyond an image's own count are always off and get coefficient 0); pixel masks
-are built chunk by chunk by indexing the samples with the label maps.
+are built chunk by chunk by gathering the samples through the label maps, and each chunk of
+perturbed images is written straight into a channels-last batch on the CPU (the faster layout
+for CPU convolutions; see :func:`_batch_memory_format`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,13 @@ class SurrogateFit:
 
 def _solve_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _batch_memory_format(device: torch.device) -> torch.memory_format:
+    """Layout of the perturbed batches: channels-last on the CPU, where oneDNN convolutions
+    run 20-30% faster on it than on contiguous NCHW (measured on TinyResNet and ResNet-50);
+    contiguous elsewhere."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def weighted_ridge(
@@ -268,12 +277,19 @@ class SuperpixelSurrogate(Explainer):
         labels, counts = self.segment(images)
         samples = self.draw_samples(counts, make_generator(self.seed)).to(self.device)
         filled = self.fill_images(images)
+        memory_format = _batch_memory_format(images.device)
 
         def evaluate(image_idx: Tensor, sample_idx: Tensor) -> Tensor:
-            keep = samples[
-                image_idx[:, None, None], sample_idx[:, None, None] + 1, labels[image_idx]
-            ]
-            inputs = torch.where(keep[:, None], images[image_idx], filled[image_idx])
+            # (n, M) samples of the chunk -> (n, 1, H, W) pixel masks through the label maps
+            shown = samples[image_idx, sample_idx + 1]
+            keep = shown.gather(1, labels[image_idx].flatten(1)).view(-1, 1, *labels.shape[1:])
+            inputs = torch.empty(
+                (len(image_idx), *images.shape[1:]),
+                dtype=images.dtype,
+                device=images.device,
+                memory_format=memory_format,
+            )
+            torch.where(keep, images[image_idx], filled[image_idx], out=inputs)
             return class_scores(self.backbone(inputs), resolved[image_idx])
 
         rest = evaluate_pairs(

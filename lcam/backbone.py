@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import math
+import operator
 import urllib.error
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -239,14 +240,73 @@ def vit_encoder_layers(model: nn.Module, count: int) -> list[str]:
     return [f"encoder.layers.{name}" for name in names[-count:]]
 
 
-def _disable_inplace(model: nn.Module, graph: fx.Graph) -> None:
-    # The captured features are reused after the tail runs; an in-place op there would corrupt them.
-    for module in model.modules():
-        if getattr(module, "inplace", False) is True:
-            module.inplace = False
+# Modules whose backward does not read their output: adding into that output in place is safe.
+_OUTPUT_NOT_SAVED = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+)
+
+
+def add_into_first(first: Tensor, second: Tensor) -> Tensor:
+    """``first + second``, written into ``first`` when the sum has its shape and dtype.
+
+    What a traced ``out += identity`` (a residual add) becomes in the split graphs: torch.fx
+    records ``+=`` as an out-of-place add, which would allocate a new tensor per block.
+    """
+    if first.shape == torch.broadcast_shapes(first.shape, second.shape) and (
+        torch.result_type(first, second) == first.dtype
+    ):
+        return first.add_(second)
+    return first + second
+
+
+def _writes_into_input(model: nn.Module, node: fx.Node) -> bool:
+    """Whether ``node`` may write into its first argument (an in-place op)."""
+    if node.kwargs.get("inplace") is True:
+        return True
+    if node.op == "call_module":
+        return getattr(model.get_submodule(str(node.target)), "inplace", False) is True
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).endswith("__")
+    return node.op == "call_function" and node.target is add_into_first
+
+
+def _protect(model: nn.Module, graph: fx.Graph, protected: Sequence[fx.Node]) -> None:
+    """Give in-place consumers of ``protected`` nodes a copy to write into.
+
+    The features, skips and layer outputs of a split are returned to the caller and reused (the
+    tail may be re-run on them); an in-place op reading one of them would corrupt it. Every other
+    in-place op stays in place, as in the model itself (the model is not modified).
+    """
+    for node in protected:
+        for user in list(node.users):
+            if user.args and user.args[0] is node and _writes_into_input(model, user):
+                with graph.inserting_before(user):
+                    copy = graph.call_method("clone", (node,))
+                user.replace_input_with(node, copy)
+
+
+def _residual_adds_in_place(model: nn.Module, graph: fx.Graph, protected: set[fx.Node]) -> None:
+    """Turn ``a + b`` into :func:`add_into_first` where ``a`` is the fresh output of a
+    convolution, linear or batch-norm layer that nothing else reads (a residual add)."""
     for node in graph.nodes:
-        if node.kwargs.get("inplace") is True:
-            node.kwargs = {**node.kwargs, "inplace": False}
+        if node.op != "call_function" or node.target is not operator.add or node.kwargs:
+            continue
+        first = node.args[0]
+        if (
+            isinstance(first, fx.Node)
+            and isinstance(node.args[1], fx.Node)
+            and first.op == "call_module"
+            and isinstance(model.get_submodule(str(first.target)), _OUTPUT_NOT_SAVED)
+            and len(first.users) == 1
+            and first not in protected
+        ):
+            node.target = add_into_first
 
 
 @dataclass
@@ -270,7 +330,6 @@ def _split_graph(model: nn.Module, target_layers: Sequence[str]) -> _Split:
             f"cannot split {type(model).__name__} at {list(target_layers)}: torch.fx could not "
             f"trace it ({error})"
         ) from error
-    _disable_inplace(model, graph)
     nodes = list(graph.nodes)
     layer_nodes = []
     for layer in target_layers:
@@ -282,9 +341,19 @@ def _split_graph(model: nn.Module, target_layers: Sequence[str]) -> _Split:
             )
         layer_nodes.append(calls[0])
     split_node = max(layer_nodes, key=nodes.index)
+
+    def split_at_target() -> tuple[list[fx.Node], list[fx.Node]]:
+        nodes = list(graph.nodes)
+        split = nodes.index(split_node)
+        before, after = nodes[: split + 1], set(nodes[split + 1 :])
+        return before, [n for n in before[:-1] if any(user in after for user in n.users)]
+
+    protected = {*layer_nodes, *split_at_target()[1]}
+    _residual_adds_in_place(model, graph, protected)
+    _protect(model, graph, list(protected))
+    before, skips = split_at_target()
+    nodes = list(graph.nodes)
     split = nodes.index(split_node)
-    before, after = nodes[: split + 1], set(nodes[split + 1 :])
-    skips = [n for n in before[:-1] if any(user in after for user in n.users)]
 
     body = fx.Graph()
     body_env: dict[fx.Node, fx.Node] = {}

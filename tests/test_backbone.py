@@ -57,6 +57,57 @@ def test_split_inside_a_residual_block_carries_the_skip() -> None:
     torch.testing.assert_close(output.logits, backbone.model(backbone.normalise(images)))
 
 
+def test_split_keeps_the_model_in_place_ops_and_never_writes_into_what_it_returns() -> None:
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    assert relus and all(m.inplace for m in relus)
+    # bn2 is the first operand of its block's residual add, and the features returned here.
+    backbone = FrozenBackbone(model, input_size=64, target_layer="layer4.1.bn2")
+    assert all(m.inplace for m in relus)  # the user's model is not modified
+    body_adds = [
+        node.target.__name__
+        for node in backbone._body.graph.nodes
+        if node.op == "call_function" and "add" in getattr(node.target, "__name__", "")
+    ]
+    # 7 residual adds run in place before the target; the target's own add runs in the tail.
+    assert body_adds == ["add_into_first"] * 7
+
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        bn2: list[torch.Tensor] = []
+        handle = model.layer4[1].bn2.register_forward_hook(
+            lambda m, i, o: bn2.append(o.clone())  # before the block adds into it
+        )
+        plain = model(backbone.normalise(images))
+        handle.remove()
+        output = backbone.run(images)
+        kept = output.features.clone()
+        torch.testing.assert_close(output.logits, plain, rtol=0, atol=1e-6)
+        torch.testing.assert_close(output.features, bn2[0], rtol=0, atol=0)
+        again = backbone.tail(output.features, output.skips)
+    torch.testing.assert_close(again, plain, rtol=0, atol=1e-6)
+    assert torch.equal(output.features, kept)  # the tail added into a copy
+
+
+def test_an_in_place_op_on_the_features_writes_into_a_copy() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.ReLU(inplace=True),  # reads the target layer's output in place
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+    )
+    backbone = FrozenBackbone(model, input_size=16, target_layer="0", mean=(0, 0, 0), std=(1, 1, 1))
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        output = backbone.run(images)
+        assert (output.features < 0).any()  # the ReLU has not been applied to them
+        kept = output.features.clone()
+        torch.testing.assert_close(backbone.tail(output.features), output.logits)
+    assert torch.equal(output.features, kept)
+    assert model[1].inplace
+
+
 def test_backbone_is_frozen_and_stays_in_eval_mode() -> None:
     backbone = tiny_backbone()
     backbone.train()

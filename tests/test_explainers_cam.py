@@ -218,10 +218,14 @@ def test_fast_path_backward_never_reaches_the_layers_before_the_target(resnet, i
         if name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
     ]
     calls: list[nn.Module] = []
-    handles = [
-        module.register_full_backward_hook(lambda m, gi, go: calls.append(m))
-        for module in before_target
-    ]
+
+    def watch_gradient(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        # A gradient hook on the output, not a full backward hook: those are refused on modules
+        # followed by an in-place ReLU, as torchvision's ResNets are.
+        if output.requires_grad:
+            output.register_hook(lambda grad: calls.append(module))
+
+    handles = [module.register_forward_hook(watch_gradient) for module in before_target]
     try:
         explainer = GradCAM(resnet)
         explainer.compute_maps(images, 1)

@@ -64,16 +64,19 @@ def test_other_models_need_explicit_layers() -> None:
 
 
 def _train(
-    head: str, data: SyntheticShapesDataModule, lr: float = 1e-2, **trainer_options
+    head: str, data: SyntheticShapesDataModule, lr: float = 1e-2, seed: int = 0, **trainer_options
 ) -> LCAMModule:
+    torch.manual_seed(seed)  # the head's initialisation, then the batch order
     module = shapes_module(head, lr=lr)
-    torch.manual_seed(0)
     quiet_trainer(limit_val_batches=0, **trainer_options).fit(module, datamodule=data)
     return module
 
 
-def test_tame_localises_at_least_as_well_as_lcam() -> None:
-    data = SyntheticShapesDataModule(train_size=1024, val_size=8, test_size=192, batch_size=64)
+def compare_localisation(seed: int = 0) -> dict[str, float]:
+    """In-mask energy of TAME and L-CAM-Fm after the same budget (one epoch of 2048 images)."""
+    data = SyntheticShapesDataModule(
+        train_size=2048, val_size=8, test_size=192, batch_size=64, seed=seed
+    )
     held_apart = data.dataset("test")
     batch = torch.utils.data.default_collate([held_apart[i] for i in range(len(held_apart))])
 
@@ -81,12 +84,31 @@ def test_tame_localises_at_least_as_well_as_lcam() -> None:
         maps = module.explainer.explain(batch["image"]).maps
         return in_mask_energy(maps, batch["mask"]).mean().item()
 
-    # Same budget (one epoch of 1024 images); each head at its recipe's learning rate (TAME's
-    # published rates are 10x below L-CAM's), and L-CAM also at TAME's, keeping its better result.
-    tame = energy(_train("tame", data, lr=1e-3, max_epochs=1))
-    lcam_fm = max(energy(_train("lcam_fm", data, lr=lr, max_epochs=1)) for lr in (1e-2, 1e-3))
-    assert tame >= lcam_fm, (tame, lcam_fm)
-    assert tame >= 2 * batch["mask"].float().mean().item()
+    tame = _train("tame", data, lr=3e-3, seed=seed, max_epochs=1)
+    with torch.no_grad():
+        output, class_maps = tame.explainer.eval().class_maps(batch["image"])
+    predicted = output.logits.argmax(1)
+    peaks = tame.explainer.select(class_maps, predicted).flatten(1).amax(1)
+    return {
+        "tame": energy(tame),
+        # L-CAM-Fm at its recipe's rate and at TAME's lower one; it keeps its better result.
+        "lcam_fm": max(
+            energy(_train("lcam_fm", data, lr=lr, seed=seed, max_epochs=1)) for lr in (1e-2, 1e-3)
+        ),
+        # The weakest class's mean map peak: a collapsed class map stays near 0 everywhere.
+        "weakest_class_peak": min(peaks[predicted == c].mean().item() for c in predicted.unique()),
+        "object_share": batch["mask"].float().mean().item(),
+    }
+
+
+def test_tame_localises_at_least_as_well_as_lcam() -> None:
+    # Checked on data/initialisation seeds 0, 1 and 2 (tame 0.30-0.34, lcam_fm 0.27; see the
+    # TAMEHead docstring for why the fuse bias starts at 1: with PyTorch's default the map of
+    # the class that black images get collapses and TAME loses to L-CAM-Fm).
+    result = compare_localisation(seed=0)
+    assert result["weakest_class_peak"] > 0.5, result  # no class map collapsed
+    assert result["tame"] >= result["lcam_fm"], result
+    assert result["tame"] >= 2 * result["object_share"], result
 
 
 def test_mixed_precision_training_runs_for_tame() -> None:

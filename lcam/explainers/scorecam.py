@@ -24,7 +24,7 @@ from torch import Tensor
 from lcam.backbone import BackboneOutput, FrozenBackbone
 from lcam.explainers.base import Explainer, Targets, resolve_targets
 from lcam.explainers.cam import weighted_channel_sum
-from lcam.explainers.perturbation import class_scores, evaluate_pairs
+from lcam.explainers.perturbation import class_scores, evaluate_pairs, perturbed_batch
 from lcam.explainers.registry import register_explainer
 
 __all__ = ["AblationCAM", "PerturbationChannelCAM", "ScoreCAM"]
@@ -132,7 +132,8 @@ class ScoreCAM(PerturbationChannelCAM):
 
         def evaluate(image_idx: Tensor, channel: Tensor) -> Tensor:
             masks = self.channel_masks(features[image_idx, channel], size)
-            inputs = images[image_idx] * masks[:, None].to(images.dtype)
+            inputs = perturbed_batch(len(image_idx), images)
+            torch.mul(images[image_idx], masks[:, None].to(images.dtype), out=inputs)
             return class_scores(self.backbone(inputs), targets[image_idx], score)
 
         batch, channels = features.shape[:2]

@@ -8,6 +8,17 @@ Features from several depths ``F_i`` ``(B, C_i, h_i, w_i)`` each pass through a 
 and fused by a 1x1 convolution ``sum_i C_i -> K`` into class logit maps ``S`` ``(B, K, h, w)``.
 Training masks the image like L-CAM-Img; inference stays one forward pass, since every ``F_i`` is
 a by-product of it. Maps are as fine as the finest branch (28x28 for VGG-16 and ResNet-50 at 224).
+
+Initialisation (our choice; the papers do not state one and the official code keeps PyTorch's
+default, a fuse bias of about 0): the fuse convolution's bias starts at ``initial_bias = 1``, so
+the attention maps start near ``sigmoid(1) = 0.73`` and the first masked images are nearly the
+clean ones. Trained by image masking, maps that start near 0.5 dim the whole image first, and a
+frozen classifier often assigns dim or black images to one fixed class; the loss is then already
+low for that class with an all-dark map (cross-entropy low, area term minimal), and that class's
+map collapses to ~0 everywhere, never to recover (the sigmoid's gradient vanishes). On the
+built-in shapes data (black image -> "disc" with p = 0.94) this cost TAME a whole class's maps,
+a sixth of the images; starting near 1, the area term carves the maps down from the clean image
+while the cross-entropy holds on to the object.
 """
 
 from __future__ import annotations
@@ -68,12 +79,18 @@ class TAMEHead(LCAMImgHead):
     Args:
         layer_channels: ``C_i`` of each branch.
         num_classes: ``K``.
+        initial_bias: starting value of the fuse convolution's bias (see the module docstring;
+            ``None`` keeps PyTorch's default initialisation, as the official code does).
     """
 
-    def __init__(self, layer_channels: Sequence[int], num_classes: int) -> None:
+    def __init__(
+        self, layer_channels: Sequence[int], num_classes: int, initial_bias: float | None = 1.0
+    ) -> None:
         nn.Module.__init__(self)
         self.branches = nn.ModuleList(_Branch(channels) for channels in layer_channels)
         self.fuse = nn.Conv2d(sum(layer_channels), num_classes, kernel_size=1)
+        if initial_bias is not None:
+            nn.init.constant_(self.fuse.bias, initial_bias)
 
     @classmethod
     def for_backbone(cls, backbone: FrozenBackbone) -> TAMEHead:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from pytorch_lightning import Trainer
+from torch import nn
 
 from lcam.backbone import FrozenBackbone
 from lcam.models import TinyResNet
@@ -53,3 +54,49 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.flatten(1), b.flatten(1)
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-12)
+
+
+class PlantedRegion(nn.Module):
+    """Class-0 logit = gain * (mean grey level of the top-left quadrant) - offset; class 1 = 0."""
+
+    def __init__(self, size: int = 32, gain: float = 10.0, offset: float = 0.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 1 / 3)
+        region = torch.zeros(1, 1, size, size)
+        region[..., : size // 2, : size // 2] = 1 / (size // 2) ** 2
+        self.register_buffer("region", region)
+        self.gain, self.offset = gain, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = self.conv(x)
+        mean = (grey * self.region).flatten(1).sum(dim=1, keepdim=True)
+        return torch.cat([self.gain * mean - self.offset, torch.zeros_like(mean)], dim=1)
+
+
+def planted_backbone(images: torch.Tensor, gain: float = 10.0) -> FrozenBackbone:
+    """:class:`PlantedRegion` on ``images``' size, offset so the clean class-0 logit is about 1."""
+    size = images.shape[-1]
+    top_left = images[0, :, : size // 2, : size // 2].mean().item()
+    model = PlantedRegion(size, gain=gain, offset=gain * top_left - 1.0)
+    return FrozenBackbone(
+        model, input_size=size, target_layer="conv", mean=(0, 0, 0), std=(1, 1, 1)
+    )
+
+
+class PassCounter:
+    """Images seen by the first layer (full forwards) and by the classifier layer (tails)."""
+
+    def __init__(self, first: nn.Module, last: nn.Module) -> None:
+        self.full = self.tail = 0
+        self.handles = [
+            first.register_forward_hook(lambda m, i, o: self._add("full", o)),
+            last.register_forward_hook(lambda m, i, o: self._add("tail", o)),
+        ]
+
+    def _add(self, name: str, output: torch.Tensor) -> None:
+        setattr(self, name, getattr(self, name) + output.shape[0])
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import tiny_backbone
-from torch import nn
+from helpers import PassCounter, planted_backbone, tiny_backbone
 
 import lcam.explainers.perturbation as perturbation
 from lcam.backbone import FrozenBackbone
@@ -16,46 +15,10 @@ from lcam.explainers.registry import EXPLAINERS
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is far faster under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class PlantedRegion(nn.Module):
-    """Class-0 logit = gain * (mean grey level of the top-left quadrant) - offset; class 1 = 0."""
-
-    def __init__(self, size: int = SIZE, gain: float = 10.0, offset: float = 0.0) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, 1, bias=False)
-        nn.init.constant_(self.conv.weight, 1 / 3)
-        region = torch.zeros(1, 1, size, size)
-        region[..., : size // 2, : size // 2] = 1 / (size // 2) ** 2
-        self.register_buffer("region", region)
-        self.gain, self.offset = gain, offset
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grey = self.conv(x)
-        mean = (grey * self.region).flatten(1).sum(dim=1, keepdim=True)
-        return torch.cat([self.gain * mean - self.offset, torch.zeros_like(mean)], dim=1)
-
-
 def blocky_images(batch: int = 1, seed: int = 0, block: int = 8) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     colours = 0.3 + 0.7 * torch.rand(batch, 3, SIZE // block, SIZE // block, generator=generator)
     return F.interpolate(colours, scale_factor=block, mode="nearest")
-
-
-def planted_backbone(images: torch.Tensor, gain: float = 10.0) -> FrozenBackbone:
-    """The planted model with its offset set so that the clean class-0 logit is about 1."""
-    top_left = images[0, :, : SIZE // 2, : SIZE // 2].mean().item()
-    model = PlantedRegion(gain=gain, offset=gain * top_left - 1.0)
-    return FrozenBackbone(
-        model, input_size=SIZE, target_layer="conv", mean=(0, 0, 0), std=(1, 1, 1)
-    )
 
 
 def assert_planted(maps: torch.Tensor, margin: float) -> None:
@@ -66,24 +29,6 @@ def assert_planted(maps: torch.Tensor, margin: float) -> None:
         assert inside[row, col], f"argmax at ({row}, {col}) is outside the planted region"
         gap = saliency[inside].mean() - saliency[~inside].mean()
         assert gap > margin, f"inside - outside = {gap:.3f}"
-
-
-class PassCounter:
-    """Images seen by the first layer (full forwards) and by the classifier layer (tails)."""
-
-    def __init__(self, first: nn.Module, last: nn.Module) -> None:
-        self.full = self.tail = 0
-        self.handles = [
-            first.register_forward_hook(lambda m, i, o: self._add("full", o)),
-            last.register_forward_hook(lambda m, i, o: self._add("tail", o)),
-        ]
-
-    def _add(self, name: str, output: torch.Tensor) -> None:
-        setattr(self, name, getattr(self, name) + output.shape[0])
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 def test_registered() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import tiny_backbone
+from helpers import PassCounter, tiny_backbone
 from pytorch_grad_cam import ScoreCAM as GradCamScoreCAM
 from pytorch_grad_cam import score_cam as grad_cam_score_cam
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -17,33 +17,6 @@ from lcam.backbone import FrozenBackbone
 from lcam.explainers.registry import EXPLAINERS
 
 SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is far faster under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class PassCounter:
-    """Images seen by the first layer (full forwards) and by the classifier layer (tails)."""
-
-    def __init__(self, first: nn.Module, last: nn.Module) -> None:
-        self.full = self.tail = 0
-        self.handles = [
-            first.register_forward_hook(lambda m, i, o: self._add("full", o)),
-            last.register_forward_hook(lambda m, i, o: self._add("tail", o)),
-        ]
-
-    def _add(self, name: str, output: torch.Tensor) -> None:
-        setattr(self, name, getattr(self, name) + output.shape[0])
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
 
 
 class IgnoredChannel(nn.Module):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_backbone
+from helpers import planted_backbone, tiny_backbone
 from torch import nn
 
 import lcam.explainers.surrogate as surrogate
@@ -15,15 +15,6 @@ from lcam.explainers.registry import EXPLAINERS
 
 SIZE = 32
 GRID = 4  # 4 x 4 blocks of 8 x 8 pixels
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is far faster under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def grid_segments(image: np.ndarray) -> np.ndarray:
@@ -43,24 +34,6 @@ def blocky_images(batch: int = 1, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     colours = 0.3 + 0.7 * torch.rand(batch, 3, GRID, GRID, generator=generator)
     return F.interpolate(colours, scale_factor=SIZE // GRID, mode="nearest")
-
-
-class PlantedRegion(nn.Module):
-    """Class-0 logit = gain * (mean grey level of the top-left quadrant) - offset; class 1 = 0."""
-
-    def __init__(self, gain: float = 10.0, offset: float = 0.0) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 1, 1, bias=False)
-        nn.init.constant_(self.conv.weight, 1 / 3)
-        region = torch.zeros(1, 1, SIZE, SIZE)
-        region[..., : SIZE // 2, : SIZE // 2] = 1 / (SIZE // 2) ** 2
-        self.register_buffer("region", region)
-        self.gain, self.offset = gain, offset
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grey = self.conv(x)
-        mean = (grey * self.region).flatten(1).sum(dim=1, keepdim=True)
-        return torch.cat([self.gain * mean - self.offset, torch.zeros_like(mean)], dim=1)
 
 
 class LinearInBlocks(nn.Module):
@@ -87,11 +60,6 @@ def raw_backbone(model: nn.Module) -> FrozenBackbone:
     return FrozenBackbone(
         model, input_size=SIZE, target_layer="conv", mean=(0, 0, 0), std=(1, 1, 1)
     )
-
-
-def planted_backbone(images: torch.Tensor) -> FrozenBackbone:
-    top_left = images[0, :, : SIZE // 2, : SIZE // 2].mean().item()
-    return raw_backbone(PlantedRegion(gain=10.0, offset=10.0 * top_left - 1.0))
 
 
 def linear_case() -> tuple[FrozenBackbone, torch.Tensor, float, torch.Tensor]:

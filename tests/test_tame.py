@@ -58,6 +58,18 @@ def test_branches_are_residual_and_fused_by_one_conv() -> None:
     torch.testing.assert_close(head([fine, coarse]), expected)
 
 
+def test_fused_maps_equal_the_concatenated_formulation() -> None:
+    torch.manual_seed(0)
+    head = TAMEHead([4, 6, 8], num_classes=5).eval()
+    layers = [torch.randn(2, 4, 8, 8), torch.randn(2, 6, 4, 4), torch.randn(2, 8, 2, 2)]
+    upsampled = [
+        torch.nn.functional.interpolate(branch(layer), size=(8, 8), mode="bilinear")
+        for branch, layer in zip(head.branches, layers, strict=True)
+    ]
+    expected = head.fuse(torch.cat(upsampled, dim=1))  # as the paper writes it
+    torch.testing.assert_close(head(layers), expected, rtol=0, atol=1e-5)
+
+
 def test_other_models_need_explicit_layers() -> None:
     with pytest.raises(ValueError, match="pass target_layer as a list"):
         default_tame_layers(torchvision.models.mobilenet_v3_small())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -99,13 +98,24 @@ class TAMEHead(LCAMImgHead):
         return cls(backbone.layer_channels, backbone.num_classes)
 
     def forward(self, layers: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
-        """Class logit maps ``(B, K, h, w)`` at the finest branch's resolution."""
+        r"""Class logit maps ``(B, K, h, w)`` at the finest branch's resolution.
+
+        Computed as :math:`S = b + \sum_i \mathrm{up}(W_i G_i)`, where ``W_i`` ``(K, C_i)`` is
+        the fuse convolution's slice for branch ``i``: bilinear upsampling is linear and acts on
+        each channel alike, so it commutes with the 1x1 convolution and this equals
+        ``fuse(cat(up(G_i)))`` exactly, while each branch is mixed down to ``K`` channels at its
+        own, coarser resolution (on ResNet-50 with K = 1000: 0.7 instead of 2.8 GMAC per image)
+        and the ``sum C_i``-channel concatenation is never built.
+        """
         size = max((layer.shape[-2:] for layer in layers), key=lambda s: s[0] * s[1])
-        fused = [
-            F.interpolate(branch(layer), size=size, mode="bilinear", align_corners=False)
-            for branch, layer in zip(self.branches, layers, strict=True)
-        ]
-        return self.fuse(torch.cat(fused, dim=1))
+        weights = self.fuse.weight.split([branch.conv.in_channels for branch in self.branches], 1)
+        maps = self.fuse.bias.view(1, -1, 1, 1)
+        for branch, layer, weight in zip(self.branches, layers, weights, strict=True):
+            mixed = F.conv2d(branch(layer), weight)
+            if mixed.shape[-2:] != size:
+                mixed = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False)
+            maps = maps + mixed
+        return maps
 
     def class_maps(self, output: BackboneOutput) -> Tensor:
         return self(output.layers)

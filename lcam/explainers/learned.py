@@ -53,13 +53,17 @@ class LearnedExplainer(Explainer):
         output = self.backbone.run(images)
         return output, self.head.class_maps(output)
 
+    def activate(self, logit_maps: Tensor) -> Tensor:
+        """Logit maps as explained: ``sigmoid`` (the attention) or unchanged (``"logit"``)."""
+        return logit_maps.sigmoid() if self.map_activation == "sigmoid" else logit_maps
+
     def select(self, class_maps: Tensor, targets: Tensor) -> Tensor:
         """Raw maps ``(B, h, w)`` of ``targets`` ``(B,)`` from logit maps ``(B, K, h, w)``."""
-        selected = class_maps[torch.arange(len(targets), device=targets.device), targets]
-        return selected.sigmoid() if self.map_activation == "sigmoid" else selected
+        return self.activate(class_maps[torch.arange(len(targets), device=targets.device), targets])
 
     @torch.no_grad()
     def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
-        output, class_maps = self.class_maps(images)
+        # Only the explained class's map is computed; class_maps() gives all K from one pass.
+        output = self.backbone.run(images)
         resolved = resolve_targets(output.logits, targets)
-        return self.select(class_maps, resolved), output.logits, resolved
+        return self.activate(self.head.target_maps(output, resolved)), output.logits, resolved

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 
+import torch
 from torch import Tensor, nn
 
 from lcam.backbone import BackboneOutput, FrozenBackbone
@@ -52,6 +53,13 @@ class LCAMHead(nn.Module):
     def class_maps(self, output: BackboneOutput) -> Tensor:
         """Class logit maps ``S`` ``(B, K, h, w)`` from one backbone pass."""
         return self(output.layers[0])
+
+    def target_maps(self, output: BackboneOutput, targets: Tensor) -> Tensor:
+        """Logit maps ``S[b, targets[b]]`` ``(B, h, w)`` of one class per image, without
+        computing the other ``K - 1``: the 1x1 convolution's row of each target only."""
+        weight = self.conv.weight.flatten(1)[targets]  # (B, C)
+        maps = torch.einsum("bchw,bc->bhw", output.layers[0], weight.to(output.layers[0].dtype))
+        return maps + self.conv.bias[targets].view(-1, 1, 1)
 
     @abstractmethod
     def masked_logits(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -119,3 +120,20 @@ class TAMEHead(LCAMImgHead):
 
     def class_maps(self, output: BackboneOutput) -> Tensor:
         return self(output.layers)
+
+    def target_maps(self, output: BackboneOutput, targets: Tensor) -> Tensor:
+        """Logit maps ``S[b, targets[b]]`` ``(B, h, w)``: each branch mixed down with its
+        targets' rows of ``W_i`` only, then upsampled and summed as in :meth:`forward`."""
+        layers = output.layers
+        size = max((layer.shape[-2:] for layer in layers), key=lambda s: s[0] * s[1])
+        weights = self.fuse.weight.flatten(1)[targets].split(
+            [branch.conv.in_channels for branch in self.branches], 1
+        )
+        maps = self.fuse.bias[targets].view(-1, 1, 1, 1)
+        for branch, layer, weight in zip(self.branches, layers, weights, strict=True):
+            features = branch(layer)
+            mixed = torch.einsum("bchw,bc->bhw", features, weight.to(features.dtype))[:, None]
+            if mixed.shape[-2:] != size:
+                mixed = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False)
+            maps = maps + mixed
+        return maps[:, 0]

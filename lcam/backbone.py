@@ -258,6 +258,8 @@ def add_into_first(first: Tensor, second: Tensor) -> Tensor:
     What a traced ``out += identity`` (a residual add) becomes in the split graphs: torch.fx
     records ``+=`` as an out-of-place add, which would allocate a new tensor per block.
     """
+    if torch.jit.is_tracing():  # an exported graph (ONNX) gains nothing from it
+        return first + second
     if first.shape == torch.broadcast_shapes(first.shape, second.shape) and (
         torch.result_type(first, second) == first.dtype
     ):

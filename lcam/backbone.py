@@ -344,18 +344,19 @@ def _split_graph(model: nn.Module, target_layers: Sequence[str]) -> _Split:
         layer_nodes.append(calls[0])
     split_node = max(layer_nodes, key=nodes.index)
 
-    def split_at_target() -> tuple[list[fx.Node], list[fx.Node]]:
+    def split_at_target() -> tuple[list[fx.Node], list[fx.Node], list[fx.Node]]:
+        """Nodes up to the split node, nodes after it, and the skips (before, used after)."""
         nodes = list(graph.nodes)
-        split = nodes.index(split_node)
-        before, after = nodes[: split + 1], set(nodes[split + 1 :])
-        return before, [n for n in before[:-1] if any(user in after for user in n.users)]
+        split = nodes.index(split_node) + 1
+        before, after = nodes[:split], nodes[split:]
+        users_after = set(after)
+        skips = [n for n in before[:-1] if any(user in users_after for user in n.users)]
+        return before, after, skips
 
-    protected = {*layer_nodes, *split_at_target()[1]}
+    protected = {*layer_nodes, *split_at_target()[2]}
     _residual_adds_in_place(model, graph, protected)
     _protect(model, graph, list(protected))
-    before, skips = split_at_target()
-    nodes = list(graph.nodes)
-    split = nodes.index(split_node)
+    before, after, skips = split_at_target()
 
     body = fx.Graph()
     body_env: dict[fx.Node, fx.Node] = {}
@@ -367,7 +368,7 @@ def _split_graph(model: nn.Module, target_layers: Sequence[str]) -> _Split:
     tail_env: dict[fx.Node, fx.Node] = {split_node: tail.placeholder("features")}
     for index, node in enumerate(skips):
         tail_env[node] = tail.placeholder(f"skip_{index}")
-    for node in nodes[split + 1 :]:
+    for node in after:
         tail_env[node] = tail.node_copy(node, lambda n: tail_env[n])
     return _Split(
         fx.GraphModule(model, body), fx.GraphModule(model, tail), str(split_node.target), len(skips)

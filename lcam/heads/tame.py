@@ -23,7 +23,7 @@ while the cross-entropy holds on to the object.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -108,15 +108,12 @@ class TAMEHead(LCAMImgHead):
         own, coarser resolution (on ResNet-50 with K = 1000: 0.7 instead of 2.8 GMAC per image)
         and the ``sum C_i``-channel concatenation is never built.
         """
-        size = max((layer.shape[-2:] for layer in layers), key=lambda s: s[0] * s[1])
-        weights = self.fuse.weight.split([branch.conv.in_channels for branch in self.branches], 1)
-        maps = self.fuse.bias.view(1, -1, 1, 1)
-        for branch, layer, weight in zip(self.branches, layers, weights, strict=True):
-            mixed = F.conv2d(branch(layer), weight)
-            if mixed.shape[-2:] != size:
-                mixed = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False)
-            maps = maps + mixed
-        return maps
+        return self._fuse(
+            layers,
+            self.fuse.weight.flatten(1),
+            self.fuse.bias.view(1, -1, 1, 1),
+            lambda features, rows: F.conv2d(features, rows[:, :, None, None]),
+        )
 
     def class_maps(self, output: BackboneOutput) -> Tensor:
         return self(output.layers)
@@ -124,16 +121,29 @@ class TAMEHead(LCAMImgHead):
     def target_maps(self, output: BackboneOutput, targets: Tensor) -> Tensor:
         """Logit maps ``S[b, targets[b]]`` ``(B, h, w)``: each branch mixed down with its
         targets' rows of ``W_i`` only, then upsampled and summed as in :meth:`forward`."""
-        layers = output.layers
+        return self._fuse(
+            output.layers,
+            self.fuse.weight.flatten(1)[targets],
+            self.fuse.bias[targets].view(-1, 1, 1, 1),
+            lambda features, rows: torch.einsum("bchw,bc->bhw", features, rows)[:, None],
+        )[:, 0]
+
+    def _fuse(
+        self,
+        layers: Sequence[Tensor],
+        rows: Tensor,
+        bias: Tensor,
+        mix: Callable[[Tensor, Tensor], Tensor],
+    ) -> Tensor:
+        """``bias + sum_i up(mix(G_i, rows_i))`` at the finest branch's resolution, where
+        ``rows`` ``(..., sum C_i)`` are fuse-weight rows, split into each branch's ``C_i``."""
         size = max((layer.shape[-2:] for layer in layers), key=lambda s: s[0] * s[1])
-        weights = self.fuse.weight.flatten(1)[targets].split(
-            [branch.conv.in_channels for branch in self.branches], 1
-        )
-        maps = self.fuse.bias[targets].view(-1, 1, 1, 1)
-        for branch, layer, weight in zip(self.branches, layers, weights, strict=True):
+        parts = rows.split([branch.conv.in_channels for branch in self.branches], dim=-1)
+        maps = bias
+        for branch, layer, part in zip(self.branches, layers, parts, strict=True):
             features = branch(layer)
-            mixed = torch.einsum("bchw,bc->bhw", features, weight.to(features.dtype))[:, None]
+            mixed = mix(features, part.to(features.dtype))
             if mixed.shape[-2:] != size:
                 mixed = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False)
             maps = maps + mixed
-        return maps[:, 0]
+        return maps

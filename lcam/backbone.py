@@ -494,6 +494,16 @@ class FrozenBackbone(nn.Module):
         self.target_layer = split.split_layer
         self._num_skips = split.num_skips
 
+    @property
+    def body_graph(self) -> fx.Graph | None:
+        """The traced graph from the input to the target layer(s); ``None`` when not traced."""
+        return getattr(self._body, "graph", None)
+
+    @property
+    def tail_graph(self) -> fx.Graph | None:
+        """The traced graph from the split layer to the logits; ``None`` when not traced."""
+        return getattr(self._tail, "graph", None)
+
     def compile_graphs(self, **options: Any) -> None:
         """``torch.compile`` the body and tail graphs (again after any later ``.to()``)."""
         self.__dict__["_body"] = torch.compile(self._body, **options)

@@ -337,7 +337,7 @@ def linear_after_global_pool(backbone: FrozenBackbone) -> str:
         ValueError: naming the model and its tail when it has another structure.
     """
     modules = dict(backbone.model.named_modules())
-    graph = backbone._tail.graph
+    graph = backbone.tail_graph
     placeholders = [node for node in graph.nodes if node.op == "placeholder"]
     chain: list[fx.Node] = []
     node = placeholders[0]

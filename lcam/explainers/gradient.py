@@ -79,7 +79,7 @@ def _check_hookable(backbone: FrozenBackbone) -> list[nn.ReLU]:
     relus = [module for module in backbone.model.modules() if isinstance(module, nn.ReLU)]
     functional = [
         node.name
-        for graph in (backbone._body.graph, backbone._tail.graph)
+        for graph in (backbone.body_graph, backbone.tail_graph)
         for node in graph.nodes
         if node.op in ("call_function", "call_method") and node.target in _FUNCTIONAL_RELUS
     ]

@@ -1,0 +1,107 @@
+"""File helpers every layer may use: durable atomic writes, JSON lines, data-only loading.
+
+An output is written to a hidden temporary file beside its destination, flushed to disk
+(``fsync``), renamed over the destination (``os.replace``, atomic on POSIX) and the folder entry
+is flushed too, so a reader sees the old file or the whole new one, even after a power loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_folder",
+    "load_data",
+    "read_jsonl",
+    "write_jsonl",
+]
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be
+    opened (Windows)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Create ``path`` atomically and durably: ``write(temporary)`` fills a temporary file.
+
+    Args:
+        path: the destination; its folder is created if missing.
+        write: called with the temporary path; it must create that file.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    try:
+        write(temporary)
+        with temporary.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_folder(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda temporary: temporary.write_bytes(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of UTF-8 ``text``."""
+    return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of ``path`` (none if it does not exist).
+
+    A line cut short by a killed writer is skipped: its work is redone by the next run.
+    """
+    path = Path(path)
+    records: list[dict[str, Any]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+    return records
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
+    """Write ``records`` as JSON lines, atomically (see :func:`atomic_write`)."""
+    return atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def load_data(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True`` on the CPU: tensors and plain containers only.
+
+    Raises:
+        ValueError: the file holds anything else (pickled code); the message names the file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(
+            f"{str(path)!r} is not a loadable {what} (read as data with weights_only=True): "
+            f"{first}"
+        ) from error

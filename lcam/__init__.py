@@ -7,12 +7,23 @@ from lcam.explanation import Explanation
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``lcam.LCAMModule``, imported on first use (it pulls in Lightning and the evaluation)."""
+    if name == "LCAMModule":
+        from lcam.training import LCAMModule
+
+        return LCAMModule
+    raise AttributeError(f"module 'lcam' has no attribute {name!r}")
+
+
 __all__ = [
     "EXPLAINERS",
     "BackboneOutput",
     "Explainer",
     "Explanation",
     "FrozenBackbone",
+    "LCAMModule",
     "LearnedExplainer",
     "WeightsUnavailableError",
     "__version__",

@@ -102,6 +102,5 @@ def load_data(path: str | Path, what: str = "checkpoint") -> Any:
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(
-            f"{str(path)!r} is not a loadable {what} (read as data with weights_only=True): "
-            f"{first}"
+            f"{str(path)!r} is not a loadable {what} (read as data with weights_only=True): {first}"
         ) from error

@@ -8,12 +8,15 @@ carry an ``"lcam"`` metadata entry and a ``"state_dict"``.
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from lcam._io import atomic_write, load_data
 from lcam.backbone import FrozenBackbone
+from lcam.backbone.build import check_model_trusted
 from lcam.explainers.learned import LearnedExplainer
 from lcam.heads import LCAMHead
 
@@ -46,13 +49,19 @@ def build_explainer(
     return LearnedExplainer(backbone, head, map_activation=map_activation)
 
 
+def _installed_version() -> str:
+    # Read from the installed distribution: importing ``lcam`` (layer 7) here would be a cycle.
+    try:
+        return importlib.metadata.version("lcam")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def explainer_metadata(explainer: LearnedExplainer) -> dict[str, Any]:
     """Plain-data description from which :func:`load_explainer` rebuilds ``explainer``."""
-    from lcam import __version__
-
     return {
         "format": FORMAT_VERSION,
-        "lcam_version": __version__,
+        "lcam_version": _installed_version(),
         "head": explainer.name,
         "map_activation": explainer.map_activation,
         "backbone": dict(explainer.backbone.spec),
@@ -76,35 +85,38 @@ def describe_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[st
 
 
 def save_explainer(explainer: LearnedExplainer, path: str | Path) -> Path:
-    """Write head and backbone weights with their metadata to ``path`` (atomically)."""
-    path = Path(path)
+    """Write head and backbone weights with their metadata to ``path`` (atomically, durably)."""
     state = {STATE_PREFIX + key: value for key, value in explainer.state_dict().items()}
-    temporary = path.with_name(path.name + ".partial")
-    torch.save({"lcam": explainer_metadata(explainer), "state_dict": state}, temporary)
-    temporary.replace(path)
-    return path
+    payload = {"lcam": explainer_metadata(explainer), "state_dict": state}
+    return atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
-def load_explainer(path: str | Path, device: str | torch.device = "auto") -> LearnedExplainer:
+def load_explainer(
+    path: str | Path, device: str | torch.device = "auto", *, trust_model_code: bool = False
+) -> LearnedExplainer:
     """Load a trained explainer from a Lightning checkpoint or an explainer file.
+
+    The checkpoint is read as data; the backbone it names is built only if it is a torchvision
+    name, ``timm/<name>``, ``hf/<folder>`` or a model bundled in ``lcam.models`` unless
+    ``trust_model_code`` says that importing the class path it names is wanted.
 
     Args:
         path: file written by training (``*.ckpt``) or by :func:`save_explainer`.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ...
+        trust_model_code: allow building a backbone from any class path the checkpoint names
+            (this imports and runs that module's code).
 
     Returns:
         The explainer in eval mode on ``device``.
+
+    Raises:
+        lcam.backbone.build.UntrustedModelError: (a ``ValueError``) the checkpoint names another
+            class path and ``trust_model_code`` is ``False``; nothing was imported.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # refused unpickling or not a torch file: say so, keep the cause
-        raise ValueError(
-            f"{str(path)!r} is not an lcam checkpoint (loading it as data with "
-            f"weights_only=True failed: {error})"
-        ) from error
+    checkpoint = load_data(path, "lcam checkpoint")
     if (
         not isinstance(checkpoint, dict)
         or "lcam" not in checkpoint
@@ -115,6 +127,7 @@ def load_explainer(path: str | Path, device: str | torch.device = "auto") -> Lea
         )
     meta = checkpoint["lcam"]
     spec = meta["backbone"]
+    check_model_trusted(str(spec["model"]), trust_model_code, source=f"checkpoint {str(path)!r}")
     backbone = FrozenBackbone(
         spec["model"],
         num_classes=spec["num_classes"],

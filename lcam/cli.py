@@ -8,7 +8,7 @@ import torch
 from pytorch_lightning import LightningDataModule
 from pytorch_lightning.cli import ArgsType, LightningCLI
 
-from lcam.module import LCAMModule
+from lcam.training import LCAMModule
 
 __all__ = ["LCAMCLI", "main"]
 

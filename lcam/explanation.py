@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 __all__ = ["Explanation"]
@@ -13,13 +14,31 @@ __all__ = ["Explanation"]
 class Explanation:
     """Saliency maps and the prediction they explain, for a batch of ``B`` images.
 
+    Pass counts are per explained image and describe what the method ran on the classifier:
+
+    * a **forward pass** is one computation of the logits ``(K,)`` for the image or a perturbed
+      copy of it, either by the full network from the input or by the *tail* alone, resumed from
+      (possibly modified) target-layer features; it is what a hook on the classifier's last layer
+      counts, divided by ``B``;
+    * ``tail_passes`` is how many of those forward passes ran only the tail (Ablation-CAM's ``C``
+      channel ablations); ``forward_passes - tail_passes`` passes ran the whole network, which is
+      what a hook on the network's first layer counts, divided by ``B``;
+    * a **backward pass** is one backpropagation from the logits: it may stop at the target
+      layer (Grad-CAM's fast path runs it through the tail only) or reach the image (gradient
+      saliency).
+
     Attributes:
         maps: ``(B, H, W)`` float maps in [0, 1] at the input resolution (1 = most relevant).
         logits: ``(B, K)`` class scores of the clean images.
         targets: ``(B,)`` int64 index of the explained class of each image.
-        forward_passes: forward passes of the classifier spent per image.
+        forward_passes: forward passes of the classifier spent per image (full + tail-only).
         backward_passes: backward passes spent per image.
         method: registry name of the explainer that produced the maps.
+        tail_passes: the part of ``forward_passes`` that ran only the layers after the target
+            layer.
+        degenerate: ``(B,)`` bool, ``True`` where the method's raw map was constant or all zero
+            before normalisation: its map (all zeros after min-max normalisation) carries no
+            information. ``None`` given means no image is degenerate.
     """
 
     maps: Tensor
@@ -28,6 +47,17 @@ class Explanation:
     forward_passes: float
     backward_passes: float
     method: str
+    tail_passes: float = 0.0
+    degenerate: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.degenerate is None:
+            self.degenerate = torch.zeros(len(self.maps), dtype=torch.bool, device=self.maps.device)
+        elif self.degenerate.shape != (len(self.maps),):
+            raise ValueError(
+                f"degenerate must have shape ({len(self.maps)},), got "
+                f"{tuple(self.degenerate.shape)}"
+            )
 
     @property
     def probabilities(self) -> Tensor:

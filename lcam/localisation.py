@@ -1,22 +1,7 @@
-"""Localisation of maps against object masks."""
+"""Deprecated import path, kept for one release: use :func:`lcam.maps.in_mask_energy`."""
 
 from __future__ import annotations
 
-from torch import Tensor
+from lcam.maps import in_mask_energy
 
 __all__ = ["in_mask_energy"]
-
-
-def in_mask_energy(maps: Tensor, masks: Tensor, eps: float = 1e-12) -> Tensor:
-    """Share of each map's total mass inside its object mask.
-
-    Args:
-        maps: ``(B, H, W)`` non-negative maps.
-        masks: ``(B, H, W)`` boolean or {0, 1} object masks.
-
-    Returns:
-        ``(B,)`` values in [0, 1]; compare with ``masks.float().mean((1, 2))``, the share a
-        uniform map would get.
-    """
-    inside = (maps * masks.to(maps.dtype)).flatten(1).sum(1)
-    return inside / maps.flatten(1).sum(1).clamp_min(eps)

@@ -1,106 +1,11 @@
-r"""The L-CAM training loss.
+"""Deprecated import path, kept for one release: use :mod:`lcam.training.losses`."""
 
-.. math::
-    L = w_{ce}\,CE(\text{masked logits}, y) + w_{area}\,\mathrm{Area}(A) + w_{tv}\,\mathrm{TV}(A)
-
-with :math:`\mathrm{Area}(A) = \mathrm{mean}((A + 0.0005)^{0.3})` and
-
-.. math::
-    \mathrm{TV}(A) = \frac{\sum (A_{i+1,j} - A_{i,j})^2 + \sum (A_{i,j+1} - A_{i,j})^2
-        + 0.3 \sum_{\text{border}} A^2}{2B}
-
-where the border sum runs over the first and last row and the first and last column of every map
-(corner pixels count twice) and ``B`` is the batch size. Both regularisers act on the sigmoid maps
-at head resolution. Defaults: ``w_ce = 1.5``, ``w_area = 2``, ``w_tv = 0.01``.
-"""
-
-from __future__ import annotations
-
-from typing import Literal
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from lcam.training.losses import (
+    LCAMLoss,
+    MapSelection,
+    area_loss,
+    select_maps,
+    total_variation_loss,
+)
 
 __all__ = ["LCAMLoss", "MapSelection", "area_loss", "select_maps", "total_variation_loss"]
-
-MapSelection = Literal["batch", "own"]
-
-
-def area_loss(attention: Tensor, exponent: float = 0.3, offset: float = 0.0005) -> Tensor:
-    """``mean((A + offset) ** exponent)`` over maps ``A`` of any shape ``(..., h, w)``."""
-    return (attention + offset).pow(exponent).mean()
-
-
-def total_variation_loss(attention: Tensor, batch_size: int, border_weight: float = 0.3) -> Tensor:
-    """Squared total variation plus a border term of maps ``(..., h, w)``, divided by ``2 * B``."""
-    vertical = (attention[..., 1:, :] - attention[..., :-1, :]).pow(2).sum()
-    horizontal = (attention[..., :, 1:] - attention[..., :, :-1]).pow(2).sum()
-    border = (
-        attention[..., 0, :].pow(2).sum()
-        + attention[..., -1, :].pow(2).sum()
-        + attention[..., :, 0].pow(2).sum()
-        + attention[..., :, -1].pow(2).sum()
-    )
-    return (vertical + horizontal + border_weight * border) / (2 * batch_size)
-
-
-def select_maps(attention: Tensor, labels: Tensor, selection: MapSelection) -> Tensor:
-    """Maps the regularisers see, from all-class maps ``(B, K, h, w)`` and labels ``(B,)``.
-
-    ``"own"``: each image's own class, ``(B, h, w)``. ``"batch"`` (the official code's behaviour):
-    for every image, the maps of every label in the batch, ``(B, B, h, w)``.
-    """
-    if selection == "own":
-        return attention[torch.arange(len(labels), device=labels.device), labels]
-    if selection == "batch":
-        return attention[:, labels]
-    raise ValueError(f"map selection must be 'batch' or 'own', got {selection!r}")
-
-
-class LCAMLoss(nn.Module):
-    """Weighted sum of cross-entropy, area and total-variation terms.
-
-    Args:
-        ce_weight, area_weight, tv_weight: term weights (paper: 1.5, 2, 0.01).
-        area_exponent: exponent of the area term (0.3).
-        border_weight: weight of the border term inside TV (0.3).
-        selection: which maps the regularisers see, ``"batch"`` (official) or ``"own"``.
-    """
-
-    def __init__(
-        self,
-        ce_weight: float = 1.5,
-        area_weight: float = 2.0,
-        tv_weight: float = 0.01,
-        area_exponent: float = 0.3,
-        border_weight: float = 0.3,
-        selection: MapSelection = "batch",
-    ) -> None:
-        super().__init__()
-        if selection not in ("batch", "own"):
-            raise ValueError(f"map selection must be 'batch' or 'own', got {selection!r}")
-        self.ce_weight, self.area_weight, self.tv_weight = ce_weight, area_weight, tv_weight
-        self.area_exponent, self.border_weight = area_exponent, border_weight
-        self.selection = selection
-
-    def forward(
-        self, masked_logits: Tensor, labels: Tensor, attention: Tensor
-    ) -> dict[str, Tensor]:
-        """Loss terms from masked logits ``(B, K)``, labels ``(B,)`` and maps ``(B, K, h, w)``.
-
-        Returns:
-            ``{"loss", "ce", "area", "tv"}``, scalars; ``loss`` is the weighted sum.
-        """
-        selected = select_maps(attention, labels, self.selection)
-        terms = {
-            "ce": F.cross_entropy(masked_logits, labels),
-            "area": area_loss(selected, self.area_exponent),
-            "tv": total_variation_loss(selected, len(labels), self.border_weight),
-        }
-        terms["loss"] = (
-            self.ce_weight * terms["ce"]
-            + self.area_weight * terms["area"]
-            + self.tv_weight * terms["tv"]
-        )
-        return terms

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur as _torchvision_blur
 
-__all__ = ["gaussian_blur", "in_mask_energy", "normalise_maps", "upsample_maps"]
+__all__ = ["boxes_to_masks", "gaussian_blur", "in_mask_energy", "normalise_maps", "upsample_maps"]
 
 
 def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -54,3 +55,23 @@ def in_mask_energy(maps: Tensor, masks: Tensor, eps: float = 1e-12) -> Tensor:
     """
     inside = (maps * masks.to(maps.dtype)).flatten(1).sum(1)
     return inside / maps.flatten(1).sum(1).clamp_min(eps)
+
+
+def boxes_to_masks(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Rasterise ``(B, 4)`` boxes ``(x1, y1, x2, y2)`` into ``(B, H, W)`` boolean masks.
+
+    Boxes are in continuous pixel coordinates: pixel ``(row i, column j)`` covers
+    ``[j, j + 1) x [i, i + 1)`` and is inside the box when its centre ``(j + 0.5, i + 0.5)``
+    satisfies ``x1 <= j + 0.5 <= x2`` and ``y1 <= i + 0.5 <= y2``. So ``(0, 0, W, H)`` covers the
+    whole image and ``(1, 1, 3, 3)`` covers rows and columns 1 and 2.
+    """
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (B, 4) as x1, y1, x2, y2, got {boxes.shape}")
+    height, width = size
+    boxes = boxes.float()
+    rows = torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5
+    columns = torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5
+    x1, y1, x2, y2 = (boxes[:, k, None] for k in range(4))
+    inside_rows = (rows >= y1) & (rows <= y2)  # (B, H)
+    inside_columns = (columns >= x1) & (columns <= x2)  # (B, W)
+    return inside_rows[:, :, None] & inside_columns[:, None, :]

@@ -19,7 +19,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 from pytorch_lightning import Trainer  # noqa: E402
 
 from lcam.data import SyntheticShapesDataModule  # noqa: E402
-from lcam.localisation import in_mask_energy  # noqa: E402
+from lcam.maps import in_mask_energy  # noqa: E402
 from lcam.metrics import AverageDropIncrease  # noqa: E402
 from lcam.models.tiny import SHAPES_WEIGHTS  # noqa: E402
 from lcam.module import LCAMModule  # noqa: E402

@@ -9,7 +9,7 @@ from torch import nn
 from lcam.backbone import FrozenBackbone
 from lcam.models import TinyResNet
 from lcam.models.tiny import SHAPES_WEIGHTS
-from lcam.module import LCAMModule
+from lcam.training import LCAMModule
 
 
 def tiny_backbone(num_classes: int = 5, width: int = 8, input_size: int = 32) -> FrozenBackbone:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torchvision
 from torch import Tensor, nn
 
-from lcam.backbone.build import IMAGENET_MEAN, IMAGENET_STD, build_model
-from lcam.backbone.layers import detect_target_layer, vit_encoder_layers
-from lcam.backbone.split import split_graph
+from lcam.backbone.build import build_model, describe_model
+from lcam.backbone.fallback import HookSplit, warn_fallback
+from lcam.backbone.hints import model_hints
+from lcam.backbone.layers import default_layers
+from lcam.backbone.layout import Layout, from_grid, infer_layout, mask_layout, to_grid
+from lcam.backbone.split import TraceError, split_graph
+from lcam.backbone.targets import call_hooks, parse_target
 
 __all__ = ["BackboneOutput", "FrozenBackbone"]
 
@@ -24,12 +27,14 @@ class BackboneOutput:
     """Everything one pass of the frozen network yields.
 
     Attributes:
-        features: target-layer activations ``F``, shape ``(B, C, h, w)``.
+        features: target-layer activations ``F`` in the layer's own layout (``(B, C, h, w)``,
+            ``(B, h, w, C)`` or tokens ``(B, N, C)``; :meth:`FrozenBackbone.grid` makes them
+            ``(B, C, h, w)``).
         logits: class scores of the clean image, shape ``(B, K)``.
         skips: other body activations the tail reads (empty for VGG/ResNet at their default
             layers); pass them back to :meth:`FrozenBackbone.tail`.
         layers: activations of every target layer as ``(B, C_i, h_i, w_i)`` maps, in the order
-            they were named (heads read these); token sequences of vision transformers appear
+            they were named (heads read these); channels-last maps and token sequences appear
             here as grids (see :meth:`FrozenBackbone.grid`).
     """
 
@@ -47,23 +52,32 @@ class FrozenBackbone(nn.Module):
     and the wrapped network stays in eval mode (BatchNorm statistics, Dropout off) even when a
     trainer calls ``.train()``.
 
+    The network is split with torch.fx; a model fx cannot trace (data-dependent control flow)
+    falls back to forward hooks (:mod:`lcam.backbone.fallback`, with a warning): same outputs,
+    but ``tail`` then re-runs the whole network and ``body_graph``/``tail_graph`` are ``None``.
+
     Args:
-        model: torchvision model name (``"vgg16"``), class path (``"pkg.module.Class"``) or module.
+        model: torchvision model name (``"vgg16"``), class path (``"pkg.module.Class"``), another
+            name :func:`lcam.backbone.build.build_model` knows, or a module.
         num_classes: number of classes for a model built by name; ``None`` keeps its default.
-        weights: ``None``, a torchvision weights name or a local state_dict file (see
-            :func:`build_model`). Only for models given by name.
-        target_layer: module name to split at, or a list of module names (multi-layer heads):
-            the network is split after the one that runs last, and all of their outputs are
-            returned as ``BackboneOutput.layers``. Default: the last spatial, non-pooling module
-            (VGG: ReLU after conv5_3, ``features.29``; ResNet: ``layer4``).
-            Vision transformers (torchvision ``VisionTransformer``) default to the last encoder
-            layer; their token outputs ``(B, 1 + N, D)`` become ``(B, D, sqrt(N), sqrt(N))``
-            grids (class token dropped).
-        input_size: side of the square training/inference images; used to probe shapes.
-        mean, std: normalisation constants (ImageNet's by default).
-        class_names: names of the ``K`` classes, if known (torchvision weights supply them).
+        weights: ``None``, a weights name or a local state_dict file (see ``build_model``). Only
+            for models given by name.
+        target_layer: where to split: a module name, a call site ``"module#k"`` (the ``k``-th
+            call, from 0, of a module the forward calls several times) or a torch.fx node name;
+            or a list of them (multi-layer heads): the network is split after the one that runs
+            last, and all of their outputs are returned as ``BackboneOutput.layers``. Default:
+            the output of the last stage (:mod:`lcam.backbone.layers`; VGG: the ReLU after
+            conv5_3, ``features.29``; ResNet: ``layer4``; transformers: the last block).
+        input_size: ``(H, W)`` or the side of square images, used to probe shapes; default the
+            model's own (torchvision ViT ``image_size``, timm/HF configs), else 224.
+        mean, std: normalisation constants; default the model's own, else ImageNet's.
+        class_names: names of the ``K`` classes, if known (weights often supply them).
         token_weighting: for token layers, multiply every patch token by the class token
             channel-wise before the grid goes to a head (T-TAME's class-token weighting).
+        layout: ``"nchw"``, ``"nhwc"`` or ``"tokens"`` (one for all target layers or one per
+            layer), when it cannot be inferred (see :mod:`lcam.backbone.layout`).
+        num_prefix_tokens: class/distillation/register tokens in front of the patch tokens.
+        grid: ``(h, w)`` patch grid of token layers at ``input_size``.
     """
 
     def __init__(
@@ -73,35 +87,44 @@ class FrozenBackbone(nn.Module):
         num_classes: int | None = None,
         weights: str | None = None,
         target_layer: str | Sequence[str] | None = None,
-        input_size: int = 224,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        input_size: int | Sequence[int] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
         token_weighting: bool = False,
+        layout: str | Sequence[str] | None = None,
+        num_prefix_tokens: int | None = None,
+        grid: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model, nn.Module):
             if weights is not None or num_classes is not None:
                 raise ValueError("weights and num_classes apply only to a model given by name")
-            network, weights_id, known_names = model, None, None
+            description, weights_id = describe_model(model), None
             model_name = f"{type(model).__module__}.{type(model).__qualname__}"
         else:
-            network, weights_id, known_names = build_model(
-                model, num_classes=num_classes, weights=weights
-            )
+            description, weights_id = build_model(model, num_classes=num_classes, weights=weights)
             model_name = model
-        self.model = network.eval().requires_grad_(False)
+        hints = model_hints(description, input_size, mean, std, num_prefix_tokens)
+        self.model = description.network.eval().requires_grad_(False)
         self.register_buffer(
-            "mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+            "mean",
+            torch.tensor(hints.mean, dtype=torch.float32).view(1, -1, 1, 1),
+            persistent=False,
         )
         self.register_buffer(
-            "std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+            "std", torch.tensor(hints.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
         )
-        self.input_size = input_size
+        self.input_hw = hints.input_size
+        height, width = hints.input_size
+        # An int for square images, as before (image loaders and exports read it as a side).
+        self.input_size: int | tuple[int, int] = height if height == width else (height, width)
         self.model_name = model_name
         self.token_weighting = token_weighting
+        self.__dict__["_description"], self.__dict__["_hints"] = description, hints
+        self._layout_option, self._grid_option = layout, tuple(grid) if grid else None
         self.retarget(target_layer)
-        self.class_names = list(class_names or known_names or []) or None
+        self.class_names = list(class_names or description.class_names or []) or None
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names given for {self.num_classes} classes"
@@ -111,50 +134,104 @@ class FrozenBackbone(nn.Module):
             "num_classes": self.num_classes,
             "weights": weights_id,
             "target_layer": self._target_spec(),
-            "input_size": input_size,
-            "mean": list(mean),
-            "std": list(std),
+            "input_size": self.input_size if height == width else [height, width],
+            "mean": list(hints.mean),
+            "std": list(hints.std),
             "token_weighting": token_weighting,
+            "layout": layout if layout is None or isinstance(layout, str) else list(layout),
+            "num_prefix_tokens": num_prefix_tokens,
+            "grid": list(grid) if grid else None,
         }
+
+    def _probe_input(self, scale: int = 1) -> Tensor:
+        """A fixed random normalised probe image ``(1, 3, scale * H, scale * W)``."""
+        size = (1, 3, scale * self.input_hw[0], scale * self.input_hw[1])
+        generator = torch.Generator().manual_seed(0)
+        return self.normalise(torch.rand(size, generator=generator).to(self.mean.device))
+
+    def default_layers(self, count: int) -> list[str]:
+        """The last ``count`` stage outputs, shallow to deep (:func:`~lcam.backbone.layers.
+        default_layers`): ``count=1`` is the default target layer, ``count=3`` TAME's layers."""
+        hints = self._hints
+        return default_layers(
+            self.model,
+            self._probe_input(),
+            count,
+            stage_layers=self._description.stage_layers,
+            num_prefix_tokens=hints.num_prefix_tokens,
+            patch_size=hints.patch_size,
+        )
 
     def retarget(self, target_layer: str | Sequence[str] | None) -> None:
         """Split at other target layer(s) (see the class docstring) and probe their shapes."""
-        example = torch.rand(1, 3, self.input_size, self.input_size, device=self.mean.device)
-        if target_layer is None and isinstance(self.model, torchvision.models.VisionTransformer):
-            target_layer = vit_encoder_layers(self.model, 1)[0]
-        elif target_layer is None:
-            target_layer = detect_target_layer(self.model, self.normalise(example))
+        example = torch.rand(1, 3, *self.input_hw, device=self.mean.device)
+        if target_layer is None:
+            target_layer = self.default_layers(1)[0]
         layers = (target_layer,) if isinstance(target_layer, str) else tuple(target_layer)
-        modules = dict(self.model.named_modules())
-        for layer in layers:
-            if layer not in modules or not layer:
-                raise ValueError(f"target layer {layer!r} is not a module of {self.model_name}")
-        if not layers or len(set(layers)) != len(layers):
-            raise ValueError(f"target layers must be distinct module names, got {list(layers)}")
+        if not layers or len(set(layers)) != len(layers) or not all(layers):
+            raise ValueError(f"target layers must be distinct, non-empty names, got {list(layers)}")
         self.target_layers = layers
         self._split()
         with torch.no_grad():
-            probe = self.run(example)
-        shapes = [tuple(layer.shape) for layer in probe.layers]
-        if probe.logits.dim() != 2:
-            shape = tuple(probe.logits.shape)
-            raise ValueError(f"the model gives logits of shape {shape}, not (B, K)")
-        grid = self.grid(probe.features)
-        self.feature_channels = int(grid.shape[1])
-        self.feature_size = (int(grid.shape[-2]), int(grid.shape[-1]))
-        self.layer_channels = tuple(shape[1] for shape in shapes)
-        self.layer_sizes = tuple((shape[2], shape[3]) for shape in shapes)
-        self.num_classes = int(probe.logits.shape[1])
+            _, _, raw, logits = self._forward(self.normalise(example))
+        if logits.dim() != 2:
+            raise ValueError(f"the model gives logits of shape {tuple(logits.shape)}, not (B, K)")
+        self.layouts = tuple(self._infer_layout(i, layer) for i, layer in enumerate(raw))
+        grids = [to_grid(layer, layout) for layer, layout in zip(raw, self.layouts, strict=True)]
+        self._split_index = self.target_layers.index(self.target_layer)
+        self.feature_channels = int(grids[self._split_index].shape[1])
+        self.feature_size = tuple(int(s) for s in grids[self._split_index].shape[-2:])
+        self.layer_channels = tuple(int(grid.shape[1]) for grid in grids)
+        self.layer_sizes = tuple((int(g.shape[2]), int(g.shape[3])) for g in grids)
+        self.num_classes = int(logits.shape[1])
         if hasattr(self, "spec"):
             self.spec["target_layer"] = self._target_spec()
+
+    def _infer_layout(self, index: int, activations: Tensor) -> Layout:
+        """The layout of target layer ``index`` from its probe output (see ``layout.py``)."""
+        layer, option, described = self.target_layers[index], self._layout_option, self._description
+        channels = None
+        if described.stage_layers and described.stage_channels and layer in described.stage_layers:
+            channels = described.stage_channels[described.stage_layers.index(layer)]
+        options = {
+            "channels": channels,
+            "kind": option if option is None or isinstance(option, str) else option[index],
+            "num_prefix_tokens": self._hints.num_prefix_tokens,
+            "grid": self._grid_option,
+            "patch_size": self._hints.patch_size,
+        }
+        try:
+            return infer_layout(activations.shape, self.input_hw, **options)
+        except ValueError as error:
+            if self._hints.fixed_input_size:
+                raise ValueError(f"target layer {layer!r}: {error}") from None
+            try:  # a second probe at twice the size: the dimensions that grow are spatial
+                with torch.no_grad():
+                    larger = self._forward(self._probe_input(2))[2][index].shape
+            except Exception:  # the model does not run at another size: the first error stands
+                raise ValueError(f"target layer {layer!r}: {error}") from None
+            size = (2 * self.input_hw[0], 2 * self.input_hw[1])
+            try:
+                return infer_layout(
+                    activations.shape, self.input_hw, second=(larger, size), **options
+                )
+            except ValueError as again:
+                raise ValueError(f"target layer {layer!r}: {again}") from None
 
     def _target_spec(self) -> str | list[str]:
         return self.target_layers[0] if len(self.target_layers) == 1 else list(self.target_layers)
 
     def _split(self) -> None:
         # Held outside the module tree so parameters are registered (and saved) once, via `model`.
-        split = split_graph(self.model, self.target_layers)
-        self.__dict__["_body"], self.__dict__["_tail"] = split.body, split.tail
+        try:
+            split = split_graph(self.model, self.target_layers)
+        except TraceError as error:
+            fallback = HookSplit(self.model, self.target_layers, self._probe_input())
+            warn_fallback(self.model, str(error.__cause__ or error))
+            self.__dict__.update(_fallback=fallback, _body=None, _tail=None)
+            self.target_layer, self._num_skips = fallback.split_layer, 1
+            return
+        self.__dict__.update(_fallback=None, _body=split.body, _tail=split.tail)
         self.target_layer = split.split_layer
         self._num_skips = split.num_skips
 
@@ -168,14 +245,22 @@ class FrozenBackbone(nn.Module):
         """The traced graph from the split layer to the logits; ``None`` when not traced."""
         return getattr(self._tail, "graph", None)
 
+    @property
+    def uses_fallback(self) -> bool:
+        """Whether the split runs through hooks (torch.fx could not trace the model)."""
+        return self._fallback is not None
+
     def compile_graphs(self, **options: Any) -> None:
-        """``torch.compile`` the body and tail graphs (again after any later ``.to()``)."""
-        self.__dict__["_body"] = torch.compile(self._body, **options)
-        self.__dict__["_tail"] = torch.compile(self._tail, **options)
+        """``torch.compile`` the body and tail graphs (again after any later ``.to()``);
+        nothing to compile under the hook fallback."""
+        if self._fallback is None:
+            self.__dict__["_body"] = torch.compile(self._body, **options)
+            self.__dict__["_tail"] = torch.compile(self._tail, **options)
 
     def _apply(self, fn: Any, recurse: bool = True) -> FrozenBackbone:
         super()._apply(fn, recurse)
-        self._split()  # the graph modules must see tensors converted by .to()/.half()
+        if self.__dict__.get("_fallback") is None:
+            self._split()  # the graph modules must see tensors converted by .to()/.half()
         return self
 
     def train(self, mode: bool = True) -> FrozenBackbone:
@@ -188,53 +273,87 @@ class FrozenBackbone(nn.Module):
         """``(B, 3, H, W)`` in [0, 1] -> normalised network input of the same shape."""
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def _run_body(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
-        features, *rest = self._body(self.normalise(images))
-        return features, tuple(rest[: self._num_skips]), tuple(rest[self._num_skips :])
+    def _forward(
+        self, x: Tensor, logits: bool = True
+    ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...], Tensor | None]:
+        """Normalised ``x`` -> features, skips, raw target-layer outputs and (if asked) logits."""
+        if self._fallback is not None:
+            features, layers, scores = self._fallback.run(x)
+            return features, (x,), layers, scores
+        features, *rest = self._body(x)
+        skips, layers = tuple(rest[: self._num_skips]), tuple(rest[self._num_skips :])
+        return features, skips, layers, self._tail(features, *skips) if logits else None
 
     def body(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """Run the layers up to the target layer: features ``(B, C, h, w)`` and skips."""
-        features, skips, _ = self._run_body(images)
+        """Run the layers up to the target layer: features (in the layer's layout) and skips."""
+        features, skips, _, _ = self._forward(self.normalise(images), logits=False)
         return features, skips
 
     def tail(self, features: Tensor, skips: tuple[Tensor, ...] = ()) -> Tensor:
-        """Resume the forward from (possibly modified) features ``(B, C, h, w)`` -> ``(B, K)``."""
-        return self._tail(features, *skips)
+        """Resume the forward from (possibly modified) features -> logits ``(B, K)``.
+
+        ``features`` are in the target layer's own layout (see :meth:`from_grid`); ``skips``
+        are those :meth:`body`/:meth:`run` returned (always needed under the hook fallback).
+        """
+        if self._fallback is None:
+            return self._tail(features, *skips)
+        if len(skips) != 1:
+            raise ValueError(
+                "under the hook fallback tail() re-runs the network: pass the skips that "
+                "body()/run() returned (they hold the normalised input)"
+            )
+        return self._fallback.tail(features, skips[0])
 
     def run(self, images: Tensor) -> BackboneOutput:
         """One pass on ``(B, 3, H, W)`` images in [0, 1]: features, logits, skips, layers."""
-        features, skips, layers = self._run_body(images)
-        grids = tuple(self.grid(layer, self.token_weighting) for layer in layers)
-        return BackboneOutput(features, self.tail(features, skips), skips, grids)
-
-    def grid(self, activations: Tensor, token_weighting: bool = False) -> Tensor:
-        """A layer's output as a ``(B, C, h, w)`` map.
-
-        Maps pass through. Token sequences ``(B, T, D)`` of a vision transformer become
-        ``(B, D, g, g)``: with ``T = 1 + g^2`` the first (class) token is dropped, or, with
-        ``token_weighting``, multiplies every patch token channel-wise first.
-        """
-        if activations.dim() == 4:
-            return activations
-        if activations.dim() == 3:
-            tokens = activations.shape[1]
-            side = math.isqrt(tokens - 1)
-            if side * side == tokens - 1:
-                patches = activations[:, 1:]
-                if token_weighting:
-                    patches = patches * activations[:, :1]
-                return patches.transpose(1, 2).reshape(len(activations), -1, side, side)
-        raise ValueError(
-            f"a target layer gives activations of shape {tuple(activations.shape)}: expected "
-            "(B, C, h, w) maps or (B, 1 + g*g, D) transformer tokens"
+        features, skips, layers, logits = self._forward(self.normalise(images))
+        grids = tuple(
+            to_grid(layer, layout, self.token_weighting)
+            for layer, layout in zip(layers, self.layouts, strict=True)
         )
+        return BackboneOutput(features, logits, skips, grids)
+
+    def grid(
+        self, activations: Tensor, token_weighting: bool = False, layer: int | None = None
+    ) -> Tensor:
+        """A target layer's output as a ``(B, C, h, w)`` map.
+
+        Maps pass through, channels-last maps are permuted, token sequences ``(B, P + h*w, D)``
+        lose their ``P`` prefix tokens and become ``(B, D, h, w)`` (with ``token_weighting``,
+        every patch token is multiplied channel-wise by the class token first).
+
+        Args:
+            activations: an output of target layer ``layer`` (default: the split layer, whose
+                output is ``BackboneOutput.features``), or its gradient.
+        """
+        return to_grid(activations, self._layout(layer), token_weighting)
+
+    def from_grid(self, grid: Tensor, like: Tensor, layer: int | None = None) -> Tensor:
+        """Inverse of :meth:`grid`: ``(B, C, h, w)`` -> the layer's layout; prefix tokens come
+        from ``like`` (an output of the same layer), e.g. to resume :meth:`tail` from a grid."""
+        return from_grid(grid, self._layout(layer), like)
 
     def mask_features(self, features: Tensor, attention: Tensor) -> Tensor:
-        """Multiply target-layer features by ``(B, h, w)`` maps (tokens: the patch tokens)."""
-        if features.dim() == 4:
-            return features * attention[:, None]
-        token_scale = attention.flatten(1)[..., None]
-        return torch.cat([features[:, :1], features[:, 1:] * token_scale], dim=1)
+        """Multiply target-layer features by ``(B, h, w)`` maps in their own layout (tokens:
+        the patch tokens; prefix tokens are kept)."""
+        return mask_layout(features, attention, self._layout(None))
+
+    @contextmanager
+    def capture_split_output(self) -> Iterator[list[Tensor]]:
+        """Collect the split layer's output (raw layout) when ``self.model`` runs once inside
+        the block, through a forward hook that knows call sites (``"_swish#1"``); for checks
+        that backpropagate through the whole network. Graph-node targets have no hook."""
+        site = parse_target(self.target_layer, dict(self.model.named_modules()))
+        if site is None:
+            raise ValueError(
+                f"target layer {self.target_layer!r} is a graph node, not a module: no hook"
+            )
+        outputs: list[Tensor] = []
+        with call_hooks(self.model, [site], lambda _index, output: outputs.append(output)):
+            yield outputs
+
+    def _layout(self, layer: int | None) -> Layout:
+        return self.layouts[self._split_index if layer is None else layer]
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``(B, K)`` of ``(B, 3, H, W)`` images in [0, 1]."""

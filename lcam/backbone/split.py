@@ -15,7 +15,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-__all__ = ["Split", "add_into_first", "split_graph"]
+from lcam.backbone.targets import CallSite, parse_target
+
+__all__ = ["Split", "TraceError", "add_into_first", "split_graph"]
 
 
 class _LeafTracer(fx.Tracer):
@@ -100,6 +102,34 @@ def _residual_adds_in_place(model: nn.Module, graph: fx.Graph, protected: set[fx
             node.target = add_into_first
 
 
+class TraceError(ValueError):
+    """torch.fx cannot trace the model (data-dependent control flow, unsupported ops)."""
+
+
+def _target_node(nodes: list[fx.Node], layer: str, site: CallSite | None) -> fx.Node:
+    """The graph node of a module, call-site or node-name target (see :mod:`.targets`)."""
+    if site is None:
+        named = [n for n in nodes if n.name == layer and n.op not in ("placeholder", "output")]
+        if not named:
+            raise ValueError(
+                f"target layer {layer!r} is not a module of the model (nor a call site "
+                "'module#k' or a torch.fx node name)"
+            )
+        return named[0]
+    name, index = site
+    calls = [n for n in nodes if n.op == "call_module" and n.target == name]
+    if index is None and len(calls) == 1:
+        return calls[0]
+    if index is not None and index < len(calls):
+        return calls[index]
+    if index is None and len(calls) > 1:
+        raise ValueError(
+            f"target layer {layer!r} is called {len(calls)} times in the forward; name one call "
+            f"as '{layer}#0' .. '{layer}#{len(calls) - 1}' (in the order they run)"
+        )
+    raise ValueError(f"target layer {layer!r} runs {len(calls)} times in the traced forward")
+
+
 @dataclass
 class Split:
     body: fx.GraphModule  # x -> (F, *skips, *layers)
@@ -109,29 +139,35 @@ class Split:
 
 
 def split_graph(model: nn.Module, target_layers: Sequence[str]) -> Split:
-    """Split ``model`` after the deepest of ``target_layers``.
+    """Split ``model`` after the deepest of ``target_layers`` (module, call-site or fx node
+    names, see :mod:`lcam.backbone.targets`).
 
     ``body: x -> (F, *skips, *layers)`` and ``tail: (F, *skips) -> logits``, where ``F`` is the
     output of the target layer that runs last and ``layers`` the outputs of all target layers.
     """
+    modules = dict(model.named_modules())
+    sites = [parse_target(layer, modules) for layer in target_layers]
+    leaves = [site[0] for site in sites if site is not None]
+    for outer in leaves:
+        inner = [leaf for leaf in leaves if leaf.startswith(outer + ".")]
+        if inner:
+            raise ValueError(
+                f"target layer {outer!r} contains target layer {inner[0]!r}: choose layers that "
+                f"do not contain each other (e.g. the last child of {outer!r})"
+            )
     try:
-        graph = _LeafTracer(target_layers).trace(model)
+        graph = _LeafTracer(leaves).trace(model)
     except Exception as error:  # fx raises many types; name the cause and the way out
-        raise ValueError(
+        raise TraceError(
             f"cannot split {type(model).__name__} at {list(target_layers)}: torch.fx could not "
-            f"trace it ({error})"
+            f"trace it ({type(error).__name__}: {error})"
         ) from error
     nodes = list(graph.nodes)
-    layer_nodes = []
-    for layer in target_layers:
-        calls = [n for n in nodes if n.op == "call_module" and n.target == layer]
-        if len(calls) != 1:
-            raise ValueError(
-                f"target layer {layer!r} is called {len(calls)} times in the forward; "
-                "choose a module that runs exactly once"
-            )
-        layer_nodes.append(calls[0])
-    split_node = max(layer_nodes, key=nodes.index)
+    layer_nodes = [
+        _target_node(nodes, layer, site) for layer, site in zip(target_layers, sites, strict=True)
+    ]
+    split_index = max(range(len(layer_nodes)), key=lambda i: nodes.index(layer_nodes[i]))
+    split_node = layer_nodes[split_index]
 
     def split_at_target() -> tuple[list[fx.Node], list[fx.Node], list[fx.Node]]:
         """Nodes up to the split node, nodes after it, and the skips (before, used after)."""
@@ -160,5 +196,8 @@ def split_graph(model: nn.Module, target_layers: Sequence[str]) -> Split:
     for node in after:
         tail_env[node] = tail.node_copy(node, lambda n: tail_env[n])
     return Split(
-        fx.GraphModule(model, body), fx.GraphModule(model, tail), str(split_node.target), len(skips)
+        fx.GraphModule(model, body),
+        fx.GraphModule(model, tail),
+        target_layers[split_index],
+        len(skips),
     )

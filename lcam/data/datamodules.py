@@ -18,7 +18,7 @@ from torchvision import datasets, transforms
 
 from lcam.data.loaders import ResumableLoader, SeededSampler
 from lcam.data.synthetic import SHAPE_NAMES, SyntheticShapes
-from lcam.metrics.localisation import boxes_to_masks
+from lcam.maps import boxes_to_masks
 
 __all__ = ["ImageFolderDataModule", "SyntheticShapesDataModule"]
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from lcam._io import atomic_write
+
 __all__ = ["SHAPE_NAMES", "SyntheticShapes", "export_images"]
 
 SHAPE_NAMES: tuple[str, ...] = ("disc", "square", "triangle", "cross", "ring", "diamond")
@@ -256,7 +258,8 @@ def export_images(
         item = dataset[index]
         pixels = (item["image"] * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
         path = out_dir / f"{index:04d}_{dataset.class_names[int(item['label'])]}.png"
-        Image.fromarray(pixels).save(path)
+        image = Image.fromarray(pixels)
+        atomic_write(path, lambda temporary, image=image: image.save(temporary, format="PNG"))
         paths.append(path)
     return paths
 

@@ -1,13 +1,18 @@
-"""Evaluation of explanation methods against each other.
+"""Evaluation of explanation methods against each other (layer L5: uses metrics, explainers,
+backbone and the leaf helpers; training and inference build on it).
 
-- :class:`MethodComparison`: every metric (AD/IC, ROAD, deletion/insertion, pointing games,
-  mask IoU, optional max-sensitivity), passes and time per image, for every method, from one
-  explanation per method and image; plus a gallery and misclassified examples.
-- :func:`write_report`: ``comparison.csv``, ``comparison.md`` and a self-contained
-  ``report.html``; :func:`log_to_wandb` logs the rows as a W&B table.
-- :func:`model_randomisation`: the model-randomisation sanity check (cascading/independent).
-- :class:`UnitAlignment` / :func:`unit_alignment`: network-dissection-style alignment of the
-  target layer's channels with object classes.
+- :mod:`~lcam.evaluation.specs`: the one table of metrics (name -> factory, maps scored,
+  columns with direction and headline flag).
+- :class:`MethodComparison` (:mod:`~lcam.evaluation.comparison`): every metric, passes and time
+  per image, for every method, from one ``explain()`` call per method and batch
+  (:mod:`~lcam.evaluation.protocol` keeps the raw maps AD/IC scores; :mod:`~lcam.evaluation.cost`
+  and :mod:`~lcam.evaluation.examples` hold the cost states and the gallery).
+- :func:`write_report` (:mod:`~lcam.evaluation.report`): ``comparison.csv``, ``comparison.md``
+  and a self-contained ``report.html``; :func:`log_to_wandb` logs the rows as a W&B table.
+- :func:`model_randomisation` (:mod:`~lcam.evaluation.sanity`): the model-randomisation sanity
+  check (cascading/independent).
+- :class:`UnitAlignment` / :func:`unit_alignment` (:mod:`~lcam.evaluation.dissection`):
+  network-dissection-style alignment of the target layer's channels with object classes.
 """
 
 from lcam.evaluation.comparison import (

@@ -1,8 +1,9 @@
 """Compare explanation methods on the same images with every metric, in one pass per method.
 
 :class:`MethodComparison` explains each batch **once per method** (timed), feeds that one set of
-maps to every metric of the method, counts the classifier passes the method spent, and keeps a
-small gallery of overlays and of misclassified images for the report
+maps to every metric of the method (the metrics and their columns are the table in
+:mod:`lcam.evaluation.specs`), counts the classifier passes the method spent, and keeps a small
+gallery of overlays and of misclassified images for the report
 (:func:`lcam.evaluation.report.write_report`).
 
 All accumulated numbers live in ``torchmetrics`` states reduced with ``"sum"``, so under DDP
@@ -12,39 +13,29 @@ the misclassified examples are kept per process (rank zero writes the report fro
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lcam.backbone import FrozenBackbone
-from lcam.explainers.base import (
-    Explainer,
-    check_images,
-    normalise_maps,
-    resolve_targets,
-    upsample_maps,
+from lcam.evaluation.cost import MethodCost
+from lcam.evaluation.examples import ExampleKeeper
+from lcam.evaluation.protocol import Explained, explain_timed
+from lcam.evaluation.specs import (
+    ALL_METRICS,
+    DEFAULT_METRICS,
+    SPECS,
+    ComparisonOptions,
+    Scored,
+    row_values,
 )
-from lcam.explainers.learned import LearnedExplainer
-from lcam.explanation import Explanation
-from lcam.metrics import (
-    ROAD,
-    AverageDropIncrease,
-    DeletionInsertion,
-    EnergyPointingGame,
-    MaskIoU,
-    MaxSensitivity,
-    PointingGame,
-    boxes_to_masks,
-)
-from lcam.metrics.faithfulness import fraction_key
-from lcam.viz import overlay, to_uint8
+from lcam.explainers import Explainer
+from lcam.explainers.base import check_images
+from lcam.maps import boxes_to_masks
 
 __all__ = [
     "ALL_METRICS",
@@ -54,73 +45,7 @@ __all__ = [
     "boxes_to_object_masks",
 ]
 
-ALL_METRICS: tuple[str, ...] = (
-    "adic",
-    "road",
-    "deletion_insertion",
-    "pointing_game",
-    "energy_pointing_game",
-    "mask_iou",
-    "max_sensitivity",
-)
-"""Every metric name :class:`MethodComparison` understands (``metrics=`` selects among them)."""
-
-DEFAULT_METRICS: tuple[str, ...] = ALL_METRICS[:-1]
-"""The default selection: everything but the costly max-sensitivity."""
-
-_LOCALISATION = ("pointing_game", "energy_pointing_game", "mask_iou")
-
 BoxesLike = Tensor | Sequence[Tensor | Sequence[Sequence[float]]]
-
-
-class MethodCost(Metric):
-    """Images, explanation time and classifier passes of one method, as sum states.
-
-    ``update(images, seconds, forward_passes, backward_passes, located)``: the number of images
-    of the batch, the wall time of explaining it, the passes *per image* the method reported and
-    how many of the images had an object mask. ``compute()`` returns per-image means.
-    """
-
-    is_differentiable = False
-    higher_is_better = None
-    full_state_update = False
-
-    images: Tensor
-    seconds: Tensor
-    forward_passes: Tensor
-    backward_passes: Tensor
-    located: Tensor
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        for name in ("images", "seconds", "forward_passes", "backward_passes", "located"):
-            self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(
-        self,
-        images: int,
-        seconds: float,
-        forward_passes: float,
-        backward_passes: float,
-        located: int,
-    ) -> None:
-        """Accumulate one batch (passes are per image; they are weighted by ``images``)."""
-        self.images += images
-        self.seconds += seconds
-        self.forward_passes += forward_passes * images
-        self.backward_passes += backward_passes * images
-        self.located += located
-
-    def compute(self) -> dict[str, Tensor]:
-        """``images``, ``located``, per-image ``forward_passes``/``backward_passes``, ``ms``."""
-        count = self.images.clamp_min(1)
-        return {
-            "images": self.images,
-            "located": self.located,
-            "forward_passes": self.forward_passes / count,
-            "backward_passes": self.backward_passes / count,
-            "ms_per_image": 1000.0 * self.seconds / count,
-        }
 
 
 def boxes_to_object_masks(boxes: BoxesLike, size: tuple[int, int], device: torch.device) -> Tensor:
@@ -129,7 +54,7 @@ def boxes_to_object_masks(boxes: BoxesLike, size: tuple[int, int], device: torch
     Args:
         boxes: ``(B, 4)`` one box per image, or a sequence of ``B`` entries each ``(n_i, 4)``
             (any number of boxes, possibly none), all ``(x1, y1, x2, y2)`` in pixel coordinates
-            of the images (the convention of :func:`lcam.metrics.boxes_to_masks`: a pixel is
+            of the images (the convention of :func:`lcam.maps.boxes_to_masks`: a pixel is
             inside when its centre is).
         size: ``(H, W)`` of the images.
     """
@@ -142,32 +67,18 @@ def boxes_to_object_masks(boxes: BoxesLike, size: tuple[int, int], device: torch
     return torch.stack(masks)
 
 
-@dataclass
-class _Explained:
-    """One method's result on a batch."""
-
-    explanation: Explanation
-    adic_maps: Tensor  # the maps AD/IC sees: raw (the head's pre-sigmoid logit map) or final
-    class_maps: Tensor | None  # (B, K, h, w) logit maps of a learned head, else None
-    seconds: float
-
-
-def _synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class MethodComparison(nn.Module):
     """Every metric for every explanation method, from one explanation per method and image.
 
-    For each batch and each method the maps are computed **once** (timed with
-    :func:`time.perf_counter`, CUDA synchronised) and the same maps feed every selected metric:
+    For each batch and each method the explainer's own ``explain()`` runs **once** (timed with
+    :func:`time.perf_counter`, CUDA synchronised) and its maps feed every selected metric
+    (:data:`~lcam.evaluation.specs.SPECS` lists them with their columns):
 
-    - ``adic``: :class:`~lcam.metrics.AverageDropIncrease` at ``fractions``. A
-      :class:`~lcam.explainers.LearnedExplainer` is scored on its **pre-sigmoid** logit map of the
-      explained class, as the L-CAM/TAME protocol does; it comes from the same single pass as the
-      attention map (all K logit maps are a by-product of the pass). Other methods are scored on
-      their raw maps (the protocol min-max normalises, then upsamples).
+    - ``adic``: :class:`~lcam.metrics.AverageDropIncrease` at ``fractions``, on the raw maps of
+      the same call (:mod:`lcam.evaluation.protocol`): a
+      :class:`~lcam.explainers.LearnedExplainer` is scored on its **pre-sigmoid** logit map of
+      the explained class, as the L-CAM/TAME protocol does; other methods on their raw maps (the
+      protocol min-max normalises, then upsamples).
     - ``road``: :class:`~lcam.metrics.ROAD` (MoRF and LeRF at ``road_fractions``).
     - ``deletion_insertion``: :class:`~lcam.metrics.DeletionInsertion` AUCs and mean curves.
     - ``pointing_game``, ``energy_pointing_game``, ``mask_iou``: when the batch has object masks
@@ -182,8 +93,7 @@ class MethodComparison(nn.Module):
     It also keeps (per process) the first ``gallery_size`` images with every method's overlay,
     and up to ``max_misclassified`` images whose prediction differs from the given label, with
     every method's map of the predicted and of the true class (the latter from a second,
-    untimed explanation of those images only; a learned head needs none: it already has all K
-    maps).
+    untimed explanation of those images only).
 
     The explainers and the backbone are held by reference, never registered as submodules, so
     attaching a comparison to a LightningModule adds nothing to its checkpoints (metric states
@@ -238,129 +148,52 @@ class MethodComparison(nn.Module):
         unknown = sorted(set(selected) - set(ALL_METRICS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; choose among {', '.join(ALL_METRICS)}")
-        if gallery_size < 0 or max_misclassified < 0:
-            raise ValueError("gallery_size and max_misclassified must be >= 0")
         for name, explainer in explainers.items():
             if not name or "." in name:
                 raise ValueError(f"method names must be non-empty without '.', got {name!r}")
             if not isinstance(explainer, Explainer):
                 raise TypeError(f"method {name!r} is not an Explainer: {type(explainer)}")
+        names = class_names if class_names is not None else backbone.class_names
+        self.examples = ExampleKeeper(gallery_size, max_misclassified, names)
         self.__dict__["backbone"] = backbone  # references only: not part of any state_dict
         self.__dict__["explainers"] = dict(explainers)
-        self.metric_names = tuple(m for m in ALL_METRICS if m in selected)
-        self.fractions = tuple(float(p) for p in fractions)
-        self.gallery_size = gallery_size
-        self.max_misclassified = max_misclassified
-        names = class_names if class_names is not None else backbone.class_names
-        self.class_names = list(names) if names else None
-
+        self.specs = tuple(spec for spec in SPECS if spec.name in selected)
+        self.metric_names = tuple(spec.name for spec in self.specs)
+        self.options = ComparisonOptions(
+            fractions=tuple(float(p) for p in fractions),
+            road_fractions=tuple(float(p) for p in road_fractions),
+            road_order=road_order,
+            deletion_steps=deletion_steps,
+            deletion_baseline=deletion_baseline,
+            batch_size=batch_size,
+            pointing_tolerance=pointing_tolerance,
+            iou_threshold=iou_threshold,
+            road_noise_std=road_noise_std,
+            seed=seed,
+            sensitivity_radius=sensitivity_radius,
+            sensitivity_samples=sensitivity_samples,
+        )
+        self.fractions = self.options.fractions
         self.costs = nn.ModuleDict({name: MethodCost() for name in explainers})
         self.scores = nn.ModuleDict()
         for name, explainer in explainers.items():
-            group: dict[str, Metric] = {}
-            if "adic" in selected:
-                group["adic"] = AverageDropIncrease(backbone, self.fractions, batch_size)
-            if "road" in selected:
-                group["road"] = ROAD(
-                    backbone,
-                    road_fractions,
-                    order=road_order,
-                    batch_size=batch_size,
-                    noise_std=road_noise_std,
-                    seed=seed,
-                )
-            if "deletion_insertion" in selected:
-                group["deletion_insertion"] = DeletionInsertion(
-                    backbone,
-                    steps=deletion_steps,
-                    batch_size=batch_size,
-                    baseline=deletion_baseline,
-                    return_curves=True,
-                )
-            if "pointing_game" in selected:
-                group["pointing_game"] = PointingGame(tolerance=pointing_tolerance)
-            if "energy_pointing_game" in selected:
-                group["energy_pointing_game"] = EnergyPointingGame()
-            if "mask_iou" in selected:
-                group["mask_iou"] = MaskIoU(threshold=iou_threshold)
-            if "max_sensitivity" in selected:
-                group["max_sensitivity"] = MaxSensitivity(
-                    lambda x, e=explainer: e.explain(x).maps,
-                    radius=sensitivity_radius,
-                    num_samples=sensitivity_samples,
-                    seed=seed,
-                )
+            group = {s.name: s.build(backbone, explainer, self.options) for s in self.specs}
             self.scores[name] = nn.ModuleDict(group)
-        self.gallery: list[dict[str, Any]] = []
-        self.misclassified: list[dict[str, Any]] = []
 
-    # ------------------------------------------------------------------ explaining
     @property
     def device(self) -> torch.device:
         """The backbone's device (images are moved there)."""
         return self.backbone.mean.device
 
-    def _explain(self, explainer: Explainer, images: Tensor) -> _Explained:
-        """One timed explanation of ``images`` for the predicted classes."""
-        device = images.device
-        if isinstance(explainer, LearnedExplainer):
-            _synchronise(device)
-            start = time.perf_counter()
-            with torch.no_grad():
-                output, class_maps = explainer.class_maps(images)
-                targets = resolve_targets(output.logits, None)
-                own = explainer.select(class_maps, targets)
-                maps = normalise_maps(upsample_maps(own.float(), tuple(images.shape[-2:])))
-            _synchronise(device)
-            seconds = time.perf_counter() - start
-            rows = torch.arange(len(targets), device=targets.device)
-            explanation = Explanation(
-                maps=maps,
-                logits=output.logits.detach(),
-                targets=targets,
-                forward_passes=explainer.forward_passes,
-                backward_passes=explainer.backward_passes,
-                method=explainer.name,
-            )
-            return _Explained(explanation, class_maps[rows, targets].float(), class_maps, seconds)
-        _synchronise(device)
-        start = time.perf_counter()
-        if type(explainer).explain is Explainer.explain:
-            # The base explain() on the raw maps, keeping them: AD/IC normalises the raw maps
-            # before upsampling them (the protocol's order).
-            raw, logits, targets = explainer.compute_maps(images, None)
-            raw = raw.detach().float()
-            maps = normalise_maps(upsample_maps(raw, tuple(images.shape[-2:])))
-            explanation = Explanation(
-                maps=maps,
-                logits=logits.detach(),
-                targets=targets,
-                forward_passes=explainer.forward_passes,
-                backward_passes=explainer.backward_passes,
-                method=explainer.name,
-            )
-        else:  # a custom explain(): use its maps as they come
-            explanation = explainer.explain(images)
-            raw = explanation.maps
-        _synchronise(device)
-        return _Explained(explanation, raw, None, time.perf_counter() - start)
+    @property
+    def gallery(self) -> list[dict[str, Any]]:
+        """The kept gallery examples (see :class:`~lcam.evaluation.examples.ExampleKeeper`)."""
+        return self.examples.gallery
 
-    def _true_class_maps(
-        self, explainer: Explainer, result: _Explained, images: Tensor, rows: Tensor, labels: Tensor
-    ) -> Tensor:
-        """Maps ``(n, H, W)`` of the true classes of the images ``rows`` (untimed)."""
-        if result.class_maps is not None:
-            assert isinstance(explainer, LearnedExplainer)
-            selected = result.class_maps[rows, labels]
-            if explainer.map_activation == "sigmoid":
-                selected = selected.sigmoid()
-            return normalise_maps(upsample_maps(selected.float(), tuple(images.shape[-2:])))
-        # Ordinary tensors: gradient explainers index with the targets inside autograd, which
-        # refuses tensors made in inference mode (Lightning's test loop).
-        with torch.inference_mode(False):
-            chosen, targets = images[rows].clone(), labels.clone()
-        with torch.no_grad():
-            return explainer.explain(chosen, targets=targets).maps
+    @property
+    def misclassified(self) -> list[dict[str, Any]]:
+        """The kept misclassified examples."""
+        return self.examples.misclassified
 
     # ------------------------------------------------------------------ accumulating
     def update(
@@ -400,87 +233,39 @@ class MethodComparison(nn.Module):
         # allocations; its predictions also label the gallery.
         with torch.no_grad():
             predictions = self.backbone(images).argmax(dim=1)
-        results: dict[str, _Explained] = {}
+        results: dict[str, Explained] = {}
         for name, explainer in self.explainers.items():
-            result = self._explain(explainer, images)
-            results[name] = result
+            result = results[name] = explain_timed(explainer, images)
             explanation = result.explanation
-            maps, targets = explanation.maps, explanation.targets
-            group = self.scores[name]
-            with torch.no_grad():
-                if "adic" in group:
-                    group["adic"].update(images, result.adic_maps, targets)
-                if "road" in group:
-                    group["road"].update(images, maps, targets)
-                if "deletion_insertion" in group:
-                    group["deletion_insertion"].update(images, maps, targets)
-                if masks is not None:
-                    for key in _LOCALISATION:
-                        if key in group:
-                            group[key].update(maps, masks)
-            if "max_sensitivity" in group:
-                group["max_sensitivity"].update(images)
+            scored = Scored(
+                images, result.protocol_maps, explanation.maps, explanation.targets, masks
+            )
+            for spec in self.specs:
+                spec.update(self.scores[name][spec.name], scored)
             self.costs[name].update(
                 batch,
                 result.seconds,
                 float(explanation.forward_passes),
                 float(explanation.backward_passes),
-                located if masks is not None else 0,
+                located,
             )
-        self._keep_examples(images, labels, predictions, results)
+        self.examples.keep(
+            images,
+            labels,
+            predictions,
+            {name: result.explanation.maps for name, result in results.items()},
+            lambda name, rows, targets: self._explain_rows(name, images, rows, targets),
+        )
 
-    def _keep_examples(
-        self,
-        images: Tensor,
-        labels: Tensor | None,
-        predictions: Tensor,
-        results: dict[str, _Explained],
-    ) -> None:
-        room = self.gallery_size - len(self.gallery)
-        for index in range(min(room, len(images))):
-            label = None if labels is None else int(labels[index])
-            entry = self._example(images[index], label, int(predictions[index]))
-            entry["overlays"] = {
-                name: _overlay_array(images[index], result.explanation.maps[index])
-                for name, result in results.items()
-            }
-            self.gallery.append(entry)
-        room = self.max_misclassified - len(self.misclassified)
-        if labels is None or room <= 0:
-            return
-        rows = torch.nonzero(predictions != labels).flatten()[:room]
-        if len(rows) == 0:
-            return
-        true_maps = {
-            name: self._true_class_maps(self.explainers[name], result, images, rows, labels[rows])
-            for name, result in results.items()
-        }
-        for position, row in enumerate(rows.tolist()):
-            entry = self._example(images[row], int(labels[row]), int(predictions[row]))
-            entry["overlays"] = {
-                name: {
-                    "predicted": _overlay_array(images[row], result.explanation.maps[row]),
-                    "true": _overlay_array(images[row], true_maps[name][position]),
-                }
-                for name, result in results.items()
-            }
-            self.misclassified.append(entry)
-
-    def _example(self, image: Tensor, label: int | None, prediction: int) -> dict[str, Any]:
-        return {
-            "image": to_uint8(image).numpy(),
-            "label": label,
-            "prediction": prediction,
-            "label_name": self._class_name(label),
-            "prediction_name": self._class_name(prediction),
-        }
-
-    def _class_name(self, index: int | None) -> str | None:
-        if index is None:
-            return None
-        if self.class_names is not None and 0 <= index < len(self.class_names):
-            return self.class_names[index]
-        return str(index)
+    def _explain_rows(self, name: str, images: Tensor, rows: Tensor, targets: Tensor) -> Tensor:
+        """Maps ``(n, H, W)`` of method ``name`` for ``targets`` of the images ``rows``
+        (untimed)."""
+        # Ordinary tensors: gradient explainers index with the targets inside autograd, which
+        # refuses tensors made in inference mode (Lightning's test loop).
+        with torch.inference_mode(False):
+            chosen, targets = images[rows].clone(), targets.clone()
+        with torch.no_grad():
+            return self.explainers[name].explain(chosen, targets=targets).maps
 
     # ------------------------------------------------------------------ results
     def compute(self) -> list[dict[str, Any]]:
@@ -515,38 +300,11 @@ class MethodComparison(nn.Module):
                     "backward_passes": cost["backward_passes"],
                     "ms_per_image": cost["ms_per_image"],
                 }
-                group = self.scores[name]
-                if "adic" in group:
-                    values = group["adic"].compute()
-                    for fraction in self.fractions:
-                        key = fraction_key(fraction)
-                        row[f"ad@{key}"] = float(values[f"ad@{key}"])
-                        row[f"ic@{key}"] = float(values[f"ic@{key}"])
-                if "road" in group:
-                    values = group["road"].compute()
-                    for order in group["road"].orders:
-                        keys = [k for k in values if k.startswith(order)]
-                        for key in keys:
-                            row[f"road_{key}"] = float(values[key])
-                        row[f"road_{order}_mean"] = float(
-                            sum(float(values[k]) for k in keys) / max(1, len(keys))
-                        )
-                if "deletion_insertion" in group:
-                    metric = group["deletion_insertion"]
-                    values = metric.compute()
-                    row["deletion_auc"] = float(values["deletion_auc"])
-                    row["insertion_auc"] = float(values["insertion_auc"])
-                    curves[name] = {
-                        "fractions": metric.fractions.tolist(),
-                        "deletion": values["deletion_curve"].float().cpu().tolist(),
-                        "insertion": values["insertion_curve"].float().cpu().tolist(),
-                    }
-                for key in _LOCALISATION:
-                    if key in group:
-                        value = float(group[key].compute())
-                        row[key] = value if cost["located"] > 0 else None
-                if "max_sensitivity" in group:
-                    row["max_sensitivity"] = float(group["max_sensitivity"].compute())
+                for spec in self.specs:
+                    metric = self.scores[name][spec.name]
+                    row.update(row_values(spec, metric, cost["located"] > 0))
+                    if spec.curves is not None:
+                        curves[name] = spec.curves(metric)
                 rows.append(row)
         return {
             "rows": rows,
@@ -560,11 +318,4 @@ class MethodComparison(nn.Module):
         for module in self.modules():
             if isinstance(module, Metric):
                 module.reset()
-        self.gallery.clear()
-        self.misclassified.clear()
-
-
-def _overlay_array(image: Tensor, saliency: Tensor) -> np.ndarray:
-    """``(H, W, 3)`` uint8 overlay of a ``(H, W)`` map in [0, 1] on a ``(3, H, W)`` image."""
-    blended = overlay(image[None].float(), saliency[None].float().to(image.device))[0]
-    return to_uint8(blended).numpy()
+        self.examples.clear()

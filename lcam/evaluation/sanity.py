@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lcam.backbone import FrozenBackbone
-from lcam.explainers.base import Explainer
+from lcam.explainers import Explainer
+from lcam.metrics.common import in_chunks, predict_in_chunks
 
 __all__ = [
     "average_ranks",
@@ -152,18 +153,15 @@ def _bind(method: ExplainerLike, original: FrozenBackbone, randomised: FrozenBac
     raise TypeError(f"expected an Explainer or a factory backbone -> Explainer, got {method}")
 
 
-def _chunks(images: Tensor, batch_size: int) -> Iterator[Tensor]:
-    for start in range(0, len(images), batch_size):
-        yield images[start : start + batch_size]
-
-
 def _maps(explainer: Explainer, images: Tensor, targets: Tensor, batch_size: int) -> Tensor:
-    parts = []
-    for start in range(0, len(images), batch_size):
-        chunk = slice(start, start + batch_size)
-        with torch.no_grad():
-            parts.append(explainer.explain(images[chunk], targets=targets[chunk]).maps.float())
-    return torch.cat(parts)
+    """``(N, H, W)`` maps of ``targets`` ``(N,)``, explained ``batch_size`` images at a time."""
+    with torch.no_grad():
+        return in_chunks(
+            lambda index: explainer.explain(images[index], targets=targets[index]).maps.float(),
+            len(images),
+            batch_size,
+            images.device,
+        )
 
 
 def model_randomisation(
@@ -227,9 +225,9 @@ def _model_randomisation(
         raise ValueError(f"layers {missing} are not modules of the backbone's network")
     device = backbone.mean.device
     images = images.to(device)
-    with torch.no_grad():
-        chunks = _chunks(images, batch_size)
-        targets = torch.cat([backbone(chunk).argmax(dim=1) for chunk in chunks])
+    targets = predict_in_chunks(
+        backbone, images.__getitem__, len(images), batch_size, lambda z, _: z.argmax(1), device
+    )
     originals: dict[str, Tensor] = {}
     for name, method in methods.items():
         explainer = method if isinstance(method, Explainer) else method(backbone)

@@ -1,12 +1,23 @@
-"""Explainers: the learned one-pass head and the classic methods, one interface.
+"""Explainers (layer L3): the learned one-pass head and the classic methods, one interface.
 
 Importing this package registers every classic explainer; ``get_explainer(name, backbone,
-**options)`` builds one by name.
+**options)`` builds one by name. Files: ``base`` (the :class:`Explainer` contract, degenerate
+maps), ``registry``, ``features`` and ``cam_tail`` (what the channel CAMs need), ``cam``,
+``gradient``, ``scorecam``, ``sampling`` (what perturbation methods share), ``perturbation``,
+``ridge``, ``surrogate_base`` and ``surrogate`` (LIME, KernelSHAP), ``learned``. They import from
+``lcam.maps``, ``lcam.explanation``, ``lcam.backbone`` and ``lcam.heads`` only.
 """
 
 from lcam.explainers import cam, gradient, perturbation, scorecam, surrogate  # noqa: F401
-from lcam.explainers.base import Explainer
+from lcam.explainers.base import DegenerateMapWarning, Explainer
 from lcam.explainers.learned import LearnedExplainer
 from lcam.explainers.registry import EXPLAINERS, get_explainer, register_explainer
 
-__all__ = ["EXPLAINERS", "Explainer", "LearnedExplainer", "get_explainer", "register_explainer"]
+__all__ = [
+    "EXPLAINERS",
+    "DegenerateMapWarning",
+    "Explainer",
+    "LearnedExplainer",
+    "get_explainer",
+    "register_explainer",
+]

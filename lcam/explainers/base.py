@@ -1,20 +1,46 @@
-"""The interface every explainer, learned or classic, answers."""
+"""The interface every explainer, learned or classic, answers.
+
+:class:`Explainer` owns everything that is the same for every method: input checks, the shape
+checks of what a method returns, the flagging of degenerate maps (with one warning per
+explainer), the resizing to the input resolution, the min-max normalisation and the pass counts
+reported in the :class:`~lcam.explanation.Explanation`. A method implements only
+:meth:`Explainer.compute_maps`: how its raw maps are computed. Methods that hook the network do
+it through context managers (:func:`lcam.explainers.features.capture_output`,
+:func:`lcam.explainers.gradient.relu_gradient_rule`) so the hooks are removed on exit, also when
+an exception is raised.
+
+``upsample_maps`` and ``normalise_maps`` live in :mod:`lcam.maps`; they stay importable from here.
+"""
 
 from __future__ import annotations
 
+import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcam.backbone import FrozenBackbone
 from lcam.explanation import Explanation
+from lcam.maps import normalise_maps, upsample_maps
 
-__all__ = ["Explainer", "check_images", "normalise_maps", "resolve_targets", "upsample_maps"]
+__all__ = [
+    "DegenerateMapWarning",
+    "Explainer",
+    "Targets",
+    "check_images",
+    "degenerate_maps",
+    "normalise_maps",
+    "resolve_targets",
+    "upsample_maps",
+]
 
 Targets = Tensor | Sequence[int] | int | None
+
+
+class DegenerateMapWarning(UserWarning):
+    """An explainer produced a constant or all-zero map: it carries no information."""
 
 
 def check_images(images: Tensor) -> Tensor:
@@ -55,26 +81,30 @@ def resolve_targets(logits: Tensor, targets: Targets) -> Tensor:
     return resolved
 
 
-def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly resize ``(B, h, w)`` maps to ``(B, *size)``."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+def degenerate_maps(maps: Tensor, rtol: float = 1e-5) -> Tensor:
+    """``(B,)`` bool: which of the raw ``(B, h, w)`` maps are constant (all zero included).
 
-
-def normalise_maps(maps: Tensor, eps: float = 1e-8) -> Tensor:
-    """Min-max normalise each of ``(B, H, W)`` maps to [0, 1] (a constant map becomes 0)."""
-    flat = maps.flatten(1)
-    low = flat.min(dim=1).values.view(-1, 1, 1)
-    high = flat.max(dim=1).values.view(-1, 1, 1)
-    return (maps - low) / (high - low).clamp_min(eps)
+    A map is constant when ``max - min <= rtol * max(|max|, |min|)``: an all-zero map has range
+    0, and a map whose spread is float rounding noise on a constant is flagged too.
+    """
+    flat = maps.detach().flatten(1).float()
+    high, low = flat.max(dim=1).values, flat.min(dim=1).values
+    return (high - low) <= rtol * torch.maximum(high.abs(), low.abs())
 
 
 class Explainer(nn.Module):
-    """Base class: validates inputs, resolves targets, resizes and normalises maps.
+    """Base class: validates inputs and outputs, flags degenerate maps, resizes and normalises.
 
     A method only implements :meth:`compute_maps`, which returns raw maps at any resolution; the
-    base class upsamples them bilinearly to the input size and min-max normalises each to [0, 1].
+    base class flags constant raw maps (:func:`degenerate_maps`; one
+    :class:`DegenerateMapWarning` per explainer instance), upsamples the maps bilinearly to the
+    input size and min-max normalises each to [0, 1].
+
+    Pass counts (defined in :class:`~lcam.explanation.Explanation`): :attr:`forward_passes`,
+    :attr:`tail_passes` and :attr:`backward_passes` hold the per-image counts of the last call.
+    Methods whose counts depend on their options or on the image size set them in
+    :meth:`compute_maps` from what they ran; the others state them as class attributes.
+    ``tests/explainers/test_contract.py`` checks every registered explainer against hooks.
 
     Args:
         backbone: the frozen classifier to explain.
@@ -82,11 +112,13 @@ class Explainer(nn.Module):
 
     name: str = "explainer"
     forward_passes: float = 1.0
+    tail_passes: float = 0.0
     backward_passes: float = 0.0
 
     def __init__(self, backbone: FrozenBackbone) -> None:
         super().__init__()
         self.backbone = backbone
+        self._warned_degenerate = False
 
     @property
     def device(self) -> torch.device:
@@ -97,20 +129,77 @@ class Explainer(nn.Module):
     def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
         """Raw maps ``(B, h, w)``, logits ``(B, K)`` and resolved targets ``(B,)``."""
 
+    def degenerate_cause(self, maps: Tensor) -> str:
+        """The likely reason why the raw maps ``(n, h, w)`` (all flagged) are constant."""
+        if bool((maps == 0).all()):
+            return (
+                "the map is all zero: no positive evidence for the class at the target layer "
+                "(the ReLU of the weighted sum removed everything), or the class score does not "
+                "depend on the input"
+            )
+        return "the class score does not depend on the input the method perturbs or differentiates"
+
     def explain(self, images: Tensor, targets: Targets = None) -> Explanation:
         """Explain ``(B, 3, H, W)`` images in [0, 1] for ``targets`` (default: predicted class).
 
         Returns:
-            An :class:`Explanation` with ``(B, H, W)`` maps in [0, 1].
+            An :class:`Explanation` with ``(B, H, W)`` maps in [0, 1] in the images' float dtype
+            on the backbone's device, and ``degenerate`` flags (see :func:`degenerate_maps`).
+
+        Raises:
+            ValueError: bad images or targets, or a method returned non-finite maps.
         """
         images = check_images(images).to(self.device)
         raw_maps, logits, resolved = self.compute_maps(images, targets)
-        maps = normalise_maps(upsample_maps(raw_maps.detach().float(), tuple(images.shape[-2:])))
+        raw_maps = self._check_outputs(images, raw_maps.detach().float(), logits, resolved)
+        degenerate = degenerate_maps(raw_maps)
+        if bool(degenerate.any()):
+            self._warn_degenerate(raw_maps, degenerate)
+        maps = normalise_maps(upsample_maps(raw_maps, tuple(images.shape[-2:])))
+        maps = maps.to(images.dtype)
         return Explanation(
             maps=maps,
             logits=logits.detach(),
             targets=resolved,
-            forward_passes=self.forward_passes,
-            backward_passes=self.backward_passes,
+            forward_passes=float(self.forward_passes),
+            backward_passes=float(self.backward_passes),
             method=self.name,
+            tail_passes=float(self.tail_passes),
+            degenerate=degenerate,
+        )
+
+    def _check_outputs(
+        self, images: Tensor, maps: Tensor, logits: Tensor, targets: Tensor
+    ) -> Tensor:
+        batch = len(images)
+        if maps.dim() != 3 or len(maps) != batch:
+            raise ValueError(
+                f"{self.name} returned maps of shape {tuple(maps.shape)}, not (B, h, w)"
+            )
+        if logits.shape[0] != batch or targets.shape != (batch,):
+            raise ValueError(
+                f"{self.name} returned logits {tuple(logits.shape)} and targets "
+                f"{tuple(targets.shape)} for {batch} images"
+            )
+        finite = maps.flatten(1).isfinite().all(dim=1)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero().flatten().tolist()
+            raise ValueError(
+                f"{self.name} produced non-finite maps (NaN or inf) for image(s) {bad}; check "
+                "the model's logits on these images"
+            )
+        return maps
+
+    def _warn_degenerate(self, maps: Tensor, degenerate: Tensor) -> None:
+        if self._warned_degenerate:
+            return
+        self._warned_degenerate = True
+        indices = degenerate.nonzero().flatten().tolist()
+        warnings.warn(
+            f"{self.name}: the raw map of image(s) {indices} is constant, so the normalised map "
+            f"is all zero and carries no information (Explanation.degenerate marks them). "
+            f"Likely cause: {self.degenerate_cause(maps[degenerate])}. This warning is shown "
+            "once per explainer.",
+            DegenerateMapWarning,
+            stacklevel=3,
         )

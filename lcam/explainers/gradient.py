@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lcam.backbone import FrozenBackbone
-from lcam.explainers.base import Explainer, Targets, resolve_targets, upsample_maps
-from lcam.explainers.cam import GradCAM, autograd_enabled
+from lcam.explainers.base import Explainer, Targets, resolve_targets
+from lcam.explainers.cam import GradCAM
+from lcam.explainers.features import autograd_enabled
 from lcam.explainers.registry import register_explainer
+from lcam.maps import upsample_maps
 
 __all__ = [
     "Deconvnet",

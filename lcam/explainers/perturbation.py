@@ -8,24 +8,32 @@ masked copies in batches and weighting each mask by the class score it leaves:
 * **Occlusion** (Zeiler & Fergus, 2014): a patch slides over the image; the map is the drop of
   the class score caused by hiding each pixel, averaged over the patches that hide it.
 
-The module also holds the small helpers the other perturbation-style explainers share
-(:func:`make_generator`, :func:`class_scores`, :func:`evaluate_pairs`,
-:func:`perturbed_batch`).
+The helpers they share with the other perturbation explainers live in
+:mod:`lcam.explainers.sampling` (re-exported here for the old import path).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lcam.backbone import FrozenBackbone
 from lcam.explainers.base import Explainer, Targets, resolve_targets
 from lcam.explainers.registry import register_explainer
+from lcam.explainers.sampling import (
+    ScoreKind,
+    check_positive,
+    class_scores,
+    draw_rise_grids,
+    evaluate_pairs,
+    fill_tensor,
+    make_generator,
+    pair,
+    perturbed_batch,
+    rise_masks,
+)
 
 __all__ = [
     "RISE",
@@ -37,92 +45,6 @@ __all__ = [
     "make_generator",
     "perturbed_batch",
 ]
-
-ScoreKind = Literal["probability", "logit"]
-
-
-def make_generator(seed: int | None) -> torch.Generator:
-    """A local CPU random generator (the global RNG is never touched).
-
-    Random draws are made on the CPU and then moved to the backbone's device, so a seed gives
-    the same masks/samples on every device. ``seed=None`` seeds from fresh OS entropy.
-    """
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    return generator
-
-
-def class_scores(logits: Tensor, targets: Tensor, score: ScoreKind = "probability") -> Tensor:
-    """Score of class ``targets[i]`` in each row of ``logits`` ``(n, K)`` -> ``(n,)``.
-
-    ``"probability"``: ``softmax(logits)[i, c_i]``; ``"logit"``: ``logits[i, c_i]``.
-    """
-    if score == "probability":
-        logits = logits.float().softmax(dim=1)
-    elif score != "logit":
-        raise ValueError(f"score must be 'probability' or 'logit', got {score!r}")
-    return logits.gather(1, targets.view(-1, 1)).squeeze(1).float()
-
-
-def perturbed_batch(count: int, images: Tensor) -> Tensor:
-    """An empty ``(count, *images.shape[1:])`` buffer for perturbed copies of ``images``.
-
-    Channels-last on the CPU, where oneDNN convolutions run 20-30 % faster on it than on
-    contiguous NCHW (measured on TinyResNet and ResNet-50 with batches of 64); the usual layout
-    elsewhere. Perturbation explainers write each chunk straight into it (``out=``).
-    """
-    layout = torch.channels_last if images.device.type == "cpu" else torch.contiguous_format
-    return torch.empty(
-        (count, *images.shape[1:]), dtype=images.dtype, device=images.device, memory_format=layout
-    )
-
-
-def evaluate_pairs(
-    num_images: int,
-    num_items: int,
-    batch_size: int,
-    evaluate: Callable[[Tensor, Tensor], Tensor],
-    device: torch.device,
-) -> Tensor:
-    """Evaluate every (image, item) pair in chunks of ``batch_size`` pairs.
-
-    Pairs are enumerated image-major (pair ``j`` is image ``j // num_items``, item
-    ``j % num_items``); ``evaluate(image_idx (n,), item_idx (n,)) -> (n,)`` builds and scores one
-    chunk (typically one batched forward pass of ``n <= batch_size`` perturbed inputs).
-
-    Returns:
-        ``(num_images, num_items)`` scores.
-    """
-    total = num_images * num_items
-    scores = torch.empty(total, device=device)
-    for start in range(0, total, batch_size):
-        pair = torch.arange(start, min(start + batch_size, total), device=device)
-        scores[start : start + len(pair)] = evaluate(pair // num_items, pair % num_items)
-    return scores.view(num_images, num_items)
-
-
-def fill_tensor(fill: float | Sequence[float], device: torch.device) -> Tensor:
-    """A fill value (grey level or RGB colour in [0, 1]) as a ``(3, 1, 1)`` tensor."""
-    values = [float(fill)] * 3 if isinstance(fill, int | float) else [float(v) for v in fill]
-    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"fill must be a value or an RGB triple in [0, 1], got {fill!r}")
-    return torch.tensor(values, device=device).view(3, 1, 1)
-
-
-def _check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    return int(pair[0]), int(pair[1])
 
 
 @register_explainer("rise")
@@ -168,7 +90,7 @@ class RISE(Explainer):
         seed: int | None = 0,
     ) -> None:
         super().__init__(backbone)
-        _check_positive(num_masks=num_masks, s=s, batch_size=batch_size)
+        check_positive(num_masks=num_masks, s=s, batch_size=batch_size)
         if not 0.0 < p <= 1.0:
             raise ValueError(f"p must be in (0, 1], got {p}")
         class_scores(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), score)  # validate
@@ -176,37 +98,18 @@ class RISE(Explainer):
         self.score, self.batch_size, self.seed = score, batch_size, seed
         self.forward_passes = float(num_masks + 1)
 
-    def _masks(self, grids: Tensor, shifts: Tensor, size: tuple[int, int]) -> Tensor:
-        """Smooth masks ``(n, H, W)`` from binary grids ``(n, s, s)`` and shifts ``(n, 2)``."""
-        height, width = size
-        cell_h, cell_w = math.ceil(height / self.s), math.ceil(width / self.s)
-        up = F.interpolate(
-            grids[:, None].float(),
-            size=((self.s + 1) * cell_h, (self.s + 1) * cell_w),
-            mode="bilinear",
-            align_corners=False,
-        )[:, 0]
-        rows = shifts[:, :1] + torch.arange(height, device=up.device)  # (n, H)
-        cols = shifts[:, 1:] + torch.arange(width, device=up.device)  # (n, W)
-        index = torch.arange(len(up), device=up.device).view(-1, 1, 1)
-        return up[index, rows[:, :, None], cols[:, None, :]].clamp_(0, 1)  # exact [0, 1]
-
     def draw(self, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """The low-resolution randomness of one call: grids ``(N, s, s)`` bool, shifts ``(N, 2)``.
 
         Drawn on the CPU from a generator seeded with :attr:`seed`, then moved to the device.
         """
         generator = make_generator(self.seed)
-        grids = torch.rand((self.num_masks, self.s, self.s), generator=generator) < self.p
-        cells = (math.ceil(size[0] / self.s), math.ceil(size[1] / self.s))
-        shifts = torch.stack(
-            [torch.randint(cell, (self.num_masks,), generator=generator) for cell in cells], dim=1
-        )
+        grids, shifts = draw_rise_grids(self.num_masks, self.s, self.p, size, generator)
         return grids.to(self.device), shifts.to(self.device)
 
     def masks(self, size: tuple[int, int]) -> Tensor:
         """All ``N`` masks ``(N, H, W)`` of one call at once (for inspection; memory ``N*H*W``)."""
-        return self._masks(*self.draw(size), size)
+        return rise_masks(*self.draw(size), size)
 
     @torch.no_grad()
     def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
@@ -217,7 +120,7 @@ class RISE(Explainer):
         saliency = torch.zeros(batch, *size, device=images.device)
         chunk = max(1, self.batch_size // batch)  # masks per chunk: one forward when B <= bs
         for start in range(0, self.num_masks, chunk):
-            masks = self._masks(grids[start : start + chunk], shifts[start : start + chunk], size)
+            masks = rise_masks(grids[start : start + chunk], shifts[start : start + chunk], size)
 
             def evaluate(image_idx: Tensor, mask_idx: Tensor, masks: Tensor = masks) -> Tensor:
                 inputs = perturbed_batch(len(image_idx), images)
@@ -270,9 +173,9 @@ class Occlusion(Explainer):
         batch_size: int = 64,
     ) -> None:
         super().__init__(backbone)
-        self.patch_size = _pair(patch_size, "patch_size")
-        self.stride = _pair(stride, "stride")
-        _check_positive(batch_size=batch_size)
+        self.patch_size = pair(patch_size, "patch_size")
+        self.stride = pair(stride, "stride")
+        check_positive(batch_size=batch_size)
         fill_tensor(fill, torch.device("cpu"))  # validate
         class_scores(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), score)  # validate
         self.fill, self.score, self.batch_size = fill, score, batch_size

@@ -15,7 +15,7 @@ and run in batches of ``batch_size``.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +23,9 @@ from torch import Tensor
 
 from lcam.backbone import BackboneOutput, FrozenBackbone
 from lcam.explainers.base import Explainer, Targets, resolve_targets
-from lcam.explainers.cam import weighted_channel_sum
-from lcam.explainers.perturbation import class_scores, evaluate_pairs, perturbed_batch
+from lcam.explainers.features import weighted_channel_sum
 from lcam.explainers.registry import register_explainer
+from lcam.explainers.sampling import class_scores, evaluate_pairs, perturbed_batch
 
 __all__ = ["AblationCAM", "PerturbationChannelCAM", "ScoreCAM"]
 
@@ -34,7 +34,8 @@ class PerturbationChannelCAM(Explainer):
     """Base of CAMs whose map is ``ReLU(sum_k w_k F_k)`` with perturbation-measured weights.
 
     Subclasses implement :meth:`weights_from`, which gets the clean pass (features, logits,
-    skips) and returns ``w`` ``(B, C)``.
+    skips) and returns ``w`` ``(B, C)``; :meth:`measure_weights` runs the clean pass and
+    measures the weights of a batch of images.
 
     Args:
         backbone: the frozen classifier.
@@ -42,21 +43,29 @@ class PerturbationChannelCAM(Explainer):
     """
 
     backward_passes = 0.0
+    tail_only: ClassVar[bool] = False
+    """The ``C`` perturbed passes resume from the target layer (they are tail passes)."""
 
     def __init__(self, backbone: FrozenBackbone, batch_size: int = 32) -> None:
         super().__init__(backbone)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.forward_passes = float(backbone.feature_channels + 1)
+        self._count_passes(backbone.feature_channels)
+        self.negative_features = False
+
+    def _count_passes(self, channels: int) -> None:
+        self.forward_passes = float(channels + 1)
+        self.tail_passes = float(channels) if self.tail_only else 0.0
 
     @abstractmethod
     def weights_from(self, images: Tensor, output: BackboneOutput, targets: Tensor) -> Tensor:
         """Channel weights ``(B, C)`` for the classes ``targets`` ``(B,)``."""
 
     @torch.no_grad()
-    def channel_weights(self, images: Tensor, targets: Targets = None) -> tuple[Tensor, Tensor]:
-        """Channel weights ``(B, C)`` and resolved targets ``(B,)`` of ``(B, 3, H, W)`` images."""
+    def measure_weights(self, images: Tensor, targets: Targets = None) -> tuple[Tensor, Tensor]:
+        """Measured channel weights ``(B, C)`` and resolved targets ``(B,)`` of
+        ``(B, 3, H, W)`` images (the clean pass plus the ``C`` perturbed passes per image)."""
         images = images.to(self.device)
         output = self.backbone.run(images)
         resolved = resolve_targets(output.logits, targets)
@@ -69,7 +78,8 @@ class PerturbationChannelCAM(Explainer):
         weights = self.weights_from(images, output, resolved)
         features = self.backbone.grid(output.features)
         maps = weighted_channel_sum(weights, features.float())
-        self.forward_passes = float(features.shape[1] + 1)
+        self._count_passes(features.shape[1])
+        self.negative_features = bool((features < 0).any())  # for degenerate_cause()
         return maps, output.logits, resolved
 
 
@@ -125,6 +135,18 @@ class ScoreCAM(PerturbationChannelCAM):
         high = flat.max(dim=1).values.view(-1, 1, 1)
         return (up - low) / (high - low + 1e-8)
 
+    def degenerate_cause(self, maps: Tensor) -> str:
+        """Score-CAM's weights are probabilities (positive): on a layer with negative outputs
+        the map can vanish."""
+        if self.negative_features:
+            return (
+                f"target layer output is not post-activation: the features of "
+                f"{self.backbone.target_layer!r} take negative values, and Score-CAM weights "
+                "are positive, so the ReLU of the weighted sum removes everything when the "
+                "negative values dominate; choose a layer after a ReLU (a stage output)"
+            )
+        return super().degenerate_cause(maps)
+
     def weights_from(self, images: Tensor, output: BackboneOutput, targets: Tensor) -> Tensor:
         features = self.backbone.grid(output.features)
         size = (images.shape[-2], images.shape[-1])
@@ -157,12 +179,14 @@ class AblationCAM(PerturbationChannelCAM):
     replaced by ``+-1e-8`` to avoid a division by zero.
 
     Passes per image: ``forward_passes = C + 1``, of which one is a full forward (the clean pass)
-    and ``C`` run only the tail (from the target layer to the logits); no backward.
+    and ``tail_passes = C`` run only the tail (from the target layer to the logits); no backward.
 
     Args:
         backbone: the frozen classifier.
         batch_size: ablated feature maps per tail pass.
     """
+
+    tail_only = True
 
     def weights_from(self, images: Tensor, output: BackboneOutput, targets: Tensor) -> Tensor:
         features, skips = output.features, output.skips

@@ -1,9 +1,13 @@
-"""Registry of learned attention heads, by name."""
+"""Learned attention heads (layer 2: imports only lcam.backbone, lcam.maps and lower).
 
-from __future__ import annotations
+``base`` (the head interface, 1x1-convolution attention), ``conv`` (L-CAM-Fm, L-CAM-Img),
+``tame`` (multi-layer fusion), ``registry`` (heads by name). ``lcam.heads.lcam`` is the old
+import path of ``base``/``conv``, kept for one release.
+"""
 
-from lcam.backbone import FrozenBackbone
-from lcam.heads.lcam import LCAMFmHead, LCAMHead, LCAMImgHead
+from lcam.heads.base import LCAMHead
+from lcam.heads.conv import LCAMFmHead, LCAMImgHead
+from lcam.heads.registry import HEADS, build_head
 from lcam.heads.tame import TAMEHead, default_tame_layers
 
 __all__ = [
@@ -15,20 +19,3 @@ __all__ = [
     "build_head",
     "default_tame_layers",
 ]
-
-HEADS: dict[str, type[LCAMHead]] = {
-    "lcam_fm": LCAMFmHead,
-    "lcam_img": LCAMImgHead,
-    "tame": TAMEHead,
-}
-
-
-def build_head(name: str, backbone: FrozenBackbone) -> LCAMHead:
-    """Instantiate the head registered as ``name``, sized for ``backbone``.
-
-    A multi-layer head (``tame``) given a single-layer backbone switches the backbone to its
-    default layers (see :func:`default_tame_layers`).
-    """
-    if name not in HEADS:
-        raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
-    return HEADS[name].for_backbone(backbone)

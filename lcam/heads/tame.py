@@ -7,7 +7,9 @@ Features from several depths ``F_i`` ``(B, C_i, h_i, w_i)`` each pass through a 
 (``up`` = bilinear upsampling to the finest branch's resolution); the branches are concatenated
 and fused by a 1x1 convolution ``sum_i C_i -> K`` into class logit maps ``S`` ``(B, K, h, w)``.
 Training masks the image like L-CAM-Img; inference stays one forward pass, since every ``F_i`` is
-a by-product of it. Maps are as fine as the finest branch (28x28 for VGG-16 and ResNet-50 at 224).
+a by-product of it. Maps are as fine as the finest branch (28x28 for VGG-16 and ResNet-50 at
+224). Any backbone family works: the default layers are its last three stages
+(:mod:`lcam.backbone.layers`).
 
 Initialisation (our choice; the papers do not state one and the official code keeps PyTorch's
 default, a fuse bias of about 0): the fuse convolution's bias starts at ``initial_bias = 1``, so
@@ -27,38 +29,31 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
-from lcam.backbone import BackboneOutput, FrozenBackbone, vit_encoder_layers
-from lcam.heads.lcam import LCAMImgHead
+from lcam.backbone import BackboneOutput, FrozenBackbone, default_layers
+from lcam.heads.conv import LCAMImgHead
 
 __all__ = ["TAMEHead", "default_tame_layers"]
 
 
-def default_tame_layers(model: nn.Module) -> list[str]:
-    """Three feature depths for TAME: VGG pool3/4/5, ResNet ``layer2/3/4``, ViT's last three.
+def default_tame_layers(model: nn.Module, input_size: int | tuple[int, int] = 224) -> list[str]:
+    """Three feature depths for TAME, shallow to deep: the last three stages.
 
-    VGG (any depth): the last three ``MaxPool2d`` of ``model.features`` (``features.16/23/30``
-    in VGG-16). ResNet (any depth): ``layer2``, ``layer3``, ``layer4``. torchvision
-    ``VisionTransformer``: its last three encoder layers (T-TAME).
+    VGG (any depth): the paper's last three ``MaxPool2d`` of ``model.features``
+    (``features.16/23/30`` in VGG-16). ResNet (any depth): ``layer2``, ``layer3``, ``layer4``.
+    torchvision ``VisionTransformer``: its last three encoder layers (T-TAME). Any other model:
+    the last module at each of its last three resolutions, or the last three blocks of a
+    transformer (see :mod:`lcam.backbone.layers`; probed at ``input_size``).
+    :meth:`FrozenBackbone.default_layers` does the same with what a backbone knows of its model
+    (timm/Hugging Face stage descriptions, input size, token layout).
 
     Raises:
-        ValueError: for other architectures (pass ``target_layer`` as a list of module names).
+        ValueError: when no rule applies (pass ``target_layer`` as a list of module names).
     """
-    if isinstance(model, torchvision.models.VisionTransformer):
-        return vit_encoder_layers(model, 3)
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        pools = [f"features.{i}" for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
-        if len(pools) >= 3:
-            return pools[-3:]
-    if all(hasattr(model, name) for name in ("layer2", "layer3", "layer4")):
-        return ["layer2", "layer3", "layer4"]
-    raise ValueError(
-        f"no default TAME layers for {type(model).__name__}: pass target_layer as a list of "
-        "module names (e.g. three stages from fine to coarse)"
-    )
+    height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+    example = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    return default_layers(model, example, 3)
 
 
 class _Branch(nn.Module):
@@ -95,7 +90,7 @@ class TAMEHead(LCAMImgHead):
     @classmethod
     def for_backbone(cls, backbone: FrozenBackbone) -> TAMEHead:
         if len(backbone.target_layers) < 2:
-            backbone.retarget(default_tame_layers(backbone.model))
+            backbone.retarget(backbone.default_layers(3))
         return cls(backbone.layer_channels, backbone.num_classes)
 
     def forward(self, layers: Sequence[Tensor]) -> Tensor:  # type: ignore[override]

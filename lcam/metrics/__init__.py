@@ -1,4 +1,5 @@
-"""Evaluation metrics of explanations, as ``torchmetrics.Metric`` subclasses.
+"""Evaluation metrics of explanations, as ``torchmetrics.Metric`` subclasses (layer L4: depends
+only on the leaf helpers :mod:`lcam.maps`; shared pieces in :mod:`lcam.metrics.common`).
 
 All states are sums reduced with ``dist_reduce_fx="sum"``, so values under DDP equal the
 single-process ones. Perturbation metrics take any callable ``images -> logits`` as the model
@@ -12,8 +13,9 @@ single-process ones. Perturbation metrics take any callable ``images -> logits``
 - Robustness: :class:`MaxSensitivity`.
 """
 
+from lcam.metrics.common import soft_keep_masks
 from lcam.metrics.deletion import DeletionInsertion, trapezoid_auc
-from lcam.metrics.faithfulness import AverageDropIncrease, soft_keep_masks
+from lcam.metrics.faithfulness import AverageDropIncrease
 from lcam.metrics.localisation import EnergyPointingGame, MaskIoU, PointingGame, boxes_to_masks
 from lcam.metrics.road import ROAD, noisy_linear_imputation
 from lcam.metrics.robustness import MaxSensitivity

@@ -7,9 +7,10 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchvision.transforms.functional import gaussian_blur
 
-from lcam.metrics.faithfulness import (
+from lcam.metrics.common import (
     Model,
     check_batch,
+    checked_batch_size,
     pixel_ranks,
     predict_in_chunks,
     prepare_maps,
@@ -87,15 +88,13 @@ class DeletionInsertion(Metric):
         super().__init__(**kwargs)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if baseline not in ("blur", "black"):
             raise ValueError(f"baseline must be 'blur' or 'black', got {baseline!r}")
         if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
             raise ValueError(f"blur_kernel_size must be odd and positive, got {blur_kernel_size}")
         self.__dict__["model"] = model  # a reference only: not part of the metric's state_dict
         self.steps = steps
-        self.batch_size = batch_size
+        self.batch_size = checked_batch_size(batch_size)
         self.baseline = baseline
         self.blur_kernel_size = blur_kernel_size
         self.blur_sigma = float(blur_sigma)

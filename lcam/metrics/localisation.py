@@ -1,4 +1,8 @@
-"""Localisation metrics against object masks or boxes: pointing game, energy PG, mask IoU."""
+"""Localisation metrics against object masks or boxes: pointing game, energy PG, mask IoU.
+
+:func:`boxes_to_masks` lives in :mod:`lcam.maps` (the data layer uses it too); it stays
+importable from here.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +10,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lcam.explainers.base import normalise_maps, upsample_maps
-from lcam.localisation import in_mask_energy
+from lcam.maps import boxes_to_masks, in_mask_energy, normalise_maps, upsample_maps
 
 __all__ = ["EnergyPointingGame", "MaskIoU", "PointingGame", "boxes_to_masks"]
-
-
-def boxes_to_masks(boxes: Tensor, size: tuple[int, int]) -> Tensor:
-    """Rasterise ``(B, 4)`` boxes ``(x1, y1, x2, y2)`` into ``(B, H, W)`` boolean masks.
-
-    Boxes are in continuous pixel coordinates: pixel ``(row i, column j)`` covers
-    ``[j, j + 1) x [i, i + 1)`` and is inside the box when its centre ``(j + 0.5, i + 0.5)``
-    satisfies ``x1 <= j + 0.5 <= x2`` and ``y1 <= i + 0.5 <= y2``. So ``(0, 0, W, H)`` covers the
-    whole image and ``(1, 1, 3, 3)`` covers rows and columns 1 and 2.
-    """
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (B, 4) as x1, y1, x2, y2, got {boxes.shape}")
-    height, width = size
-    boxes = boxes.float()
-    rows = torch.arange(height, device=boxes.device, dtype=boxes.dtype) + 0.5
-    columns = torch.arange(width, device=boxes.device, dtype=boxes.dtype) + 0.5
-    x1, y1, x2, y2 = (boxes[:, k, None] for k in range(4))
-    inside_rows = (rows >= y1) & (rows <= y2)  # (B, H)
-    inside_columns = (columns >= x1) & (columns <= x2)  # (B, W)
-    return inside_rows[:, :, None] & inside_columns[:, None, :]
 
 
 def _object_masks(
@@ -127,7 +110,7 @@ class EnergyPointingGame(Metric):
 
     .. math:: EPG = \frac{1}{N} \sum_i \frac{\sum_{p \in mask_i} S_i(p)}{\sum_p S_i(p)}
 
-    computed with :func:`lcam.localisation.in_mask_energy`. With ``normalise=True`` (default)
+    computed with :func:`lcam.maps.in_mask_energy`. With ``normalise=True`` (default)
     each map is first min-max normalised to [0, 1] (raw maps may be negative); a constant map
     then has no mass and scores 0.
 

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-from lcam.metrics.faithfulness import (
+from lcam.metrics.common import (
     Model,
     check_batch,
+    checked_batch_size,
+    checked_fractions,
     fraction_key,
     keep_count,
     pixel_ranks,
@@ -171,16 +173,10 @@ class ROAD(Metric):
         super().__init__(**kwargs)
         if order not in (*_ORDERS, "both"):
             raise ValueError(f"order must be 'morf', 'lerf' or 'both', got {order!r}")
-        if not fractions:
-            raise ValueError("fractions must not be empty")
-        for fraction in fractions:
-            keep_count(fraction, 1)  # validates the range
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.__dict__["model"] = model  # a reference only: not part of the metric's state_dict
-        self.fractions = tuple(float(p) for p in fractions)
+        self.fractions = checked_fractions(fractions)
+        self.batch_size = checked_batch_size(batch_size)
         self.orders = _ORDERS if order == "both" else (order,)
-        self.batch_size = batch_size
+        self.__dict__["model"] = model  # a reference only: not part of the metric's state_dict
         self.noise_std = float(noise_std)
         self.max_iterations = max_iterations
         self.generator = torch.Generator().manual_seed(seed)

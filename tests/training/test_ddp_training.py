@@ -1,0 +1,253 @@
+"""A fit under Lightning DDP (2 CPU processes, gloo) equals the single-process fit.
+
+All runs go through ``train.py fit`` with generated configs. A DDP run has 8 images per process,
+its single-process twin 16 per batch: the same global batch and the same number of optimizer
+steps. Plain SGD without momentum, weight decay or schedule and otherwise the **default** loss
+(``map_selection: batch``: the area and TV terms see every image's maps of every label of the
+global batch, whose labels each rank gathers from the others): the DDP-averaged gradient is then
+the single-process gradient, and the heads must agree to float rounding, provided each step sees
+the same 16 images.
+
+- One global batch per epoch (train_size 16): every step sees all 16 images in both runs, whatever
+  order each sampler shuffles them in. Checks gradient averaging and the split between ranks.
+- Several global batches per epoch (train_size 64): the two runs must also shuffle the training
+  set into the same global batches, i.e. the training order must be a function of the seed and
+  the epoch, split between the ranks, not of the number of processes.
+- The test-time method comparison of a checkpoint under DDP equals the single-process table,
+  cell by cell; an empty cell fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lcam.models.tiny import SHAPES_WEIGHTS
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+
+
+def _config(
+    directory: Path, *, devices: int, batch_size: int, train_size: int, epochs: int
+) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    trainer = {
+        "accelerator": "cpu",
+        "devices": devices,
+        "max_epochs": epochs,
+        "default_root_dir": str(directory),
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "deterministic": True,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "callbacks": [
+            {
+                "class_path": "pytorch_lightning.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(directory / "checkpoints"),
+                    "filename": "{epoch}",
+                    "every_n_epochs": 1,
+                    "save_top_k": -1,
+                    "save_last": True,
+                },
+            }
+        ],
+    }
+    if devices > 1:
+        trainer["strategy"] = "ddp"
+    config = {
+        "seed_everything": 0,
+        "trainer": trainer,
+        "model": {
+            **QUICKSTART["model"],
+            "weights": str(SHAPES_WEIGHTS),
+            "optimizer": {
+                "class_path": "torch.optim.SGD",
+                "init_args": {"lr": 0.5, "momentum": 0.0, "weight_decay": 0.0},
+            },
+            "lr_scheduler": None,
+        },
+        "data": {
+            "class_path": QUICKSTART["data"]["class_path"],
+            "init_args": {
+                **QUICKSTART["data"]["init_args"],
+                "train_size": train_size,
+                "val_size": 16,
+                "test_size": 16,
+                "batch_size": batch_size,
+            },
+        },
+    }
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _head(checkpoint: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    head = {k: v for k, v in state["state_dict"].items() if k.startswith("explainer.head.")}
+    assert head, f"no explainer.head.* entries in {checkpoint}"
+    return head
+
+
+def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+SCENARIOS = {
+    "one_batch": {"train_size": 16, "epochs": 5},  # 1 step per epoch, 5 in all
+    "four_batches": {"train_size": 64, "epochs": 2},  # 4 steps per epoch, 8 in all
+}
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """Start every run at once (4 train.py fits, 6 processes): the cores are shared anyway and
+    most of each run is Python start-up. Yields, per scenario, its folder and processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
+        env.pop(key, None)
+    started = {}
+    for scenario, sizes in SCENARIOS.items():
+        folder = tmp_path_factory.mktemp(scenario)
+        configs = {
+            "single": _config(folder / "single", devices=1, batch_size=16, **sizes),
+            "ddp": _config(folder / "ddp", devices=2, batch_size=8, **sizes),
+        }
+        processes = {
+            name: subprocess.Popen(
+                [sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config)],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for name, config in configs.items()
+        }
+        started[scenario] = (folder, processes)
+    yield started
+    for _, processes in started.values():
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _finish(launched, scenario: str) -> dict[str, Path]:
+    """Wait for the scenario's two runs; check them; their checkpoint folders."""
+    folder, processes = launched[scenario]
+    outputs = {name: process.communicate(timeout=240)[0] for name, process in processes.items()}
+    for name, process in processes.items():
+        assert process.returncode == 0, f"{name} run failed:\n{outputs[name][-4000:]}"
+    # Two processes really trained: rank 1 joined a world of 2 (gloo on CPU).
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs["ddp"], outputs["ddp"][-4000:]
+    folders = {name: folder / name / "checkpoints" for name in processes}
+    sizes = SCENARIOS[scenario]
+    steps = sizes["epochs"] * sizes["train_size"] // 16
+    for name, checkpoints in folders.items():
+        state = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+        assert state["global_step"] == steps, f"{name}: {state['global_step']} optimizer steps"
+    return folders
+
+
+def test_ddp_equals_one_process_with_one_global_batch_per_epoch(launched) -> None:
+    epochs = SCENARIOS["one_batch"]["epochs"]
+    folders = _finish(launched, "one_batch")
+    first = {name: _head(folder / "epoch=0.ckpt") for name, folder in folders.items()}
+    final = {name: _head(folder / "last.ckpt") for name, folder in folders.items()}
+    # Training moved the head far more than the tolerance, so agreement means something.
+    assert _largest_difference(first["single"], final["single"]) > 1e-2
+    assert _largest_difference(first["single"], first["ddp"]) <= 1e-5
+    difference = _largest_difference(final["single"], final["ddp"])
+    assert difference <= 1e-5, f"after {epochs} steps the heads differ by up to {difference}"
+
+
+def test_ddp_equals_one_process_with_several_global_batches_per_epoch(launched) -> None:
+    folders = _finish(launched, "four_batches")
+    differences = {
+        epoch: _largest_difference(
+            _head(folders["single"] / f"epoch={epoch}.ckpt"),
+            _head(folders["ddp"] / f"epoch={epoch}.ckpt"),
+        )
+        for epoch in (0, 1)
+    }
+    assert max(differences.values()) <= 1e-5, (
+        f"largest head difference after each epoch: {differences}; the single-process and the "
+        "DDP run did not see the same global batches"
+    )
+
+
+def _comparison_rows(path: Path) -> dict[str, dict[str, str]]:
+    lines = path.read_text().splitlines()
+    header = lines[0].split(",")
+    rows = {}
+    for line in lines[1:]:
+        values = dict(zip(header, line.split(","), strict=True))
+        values.pop("ms_per_image")
+        rows[values.pop("method")] = values
+    return rows
+
+
+def test_ddp_comparison_table_equals_one_process(launched, tmp_path) -> None:
+    checkpoint = _finish(launched, "one_batch")["single"] / "last.ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    processes = {}
+    for name, devices in (("single", 1), ("ddp", 2)):
+        config = yaml.safe_load(
+            _config(
+                tmp_path / name, devices=devices, batch_size=4, train_size=16, epochs=1
+            ).read_text()
+        )
+        config["model"].update(
+            methods=["lcam", "gradcam"],
+            comparison={
+                "metrics": ["adic", "deletion_insertion", "pointing_game", "energy_pointing_game"],
+                "deletion_steps": 4,
+            },
+            sanity_images=0,
+            unit_alignment=False,
+        )
+        path = tmp_path / name / "compare.yaml"
+        path.write_text(yaml.safe_dump(config))
+        processes[name] = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "test",
+                "--config",
+                str(path),
+                "--ckpt_path",
+                str(checkpoint),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    outputs = {name: process.communicate(timeout=240)[0] for name, process in processes.items()}
+    for name, process in processes.items():
+        assert process.returncode == 0, f"{name} test run failed:\n{outputs[name][-4000:]}"
+    single = _comparison_rows(tmp_path / "single" / "comparison" / "comparison.csv")
+    ddp = _comparison_rows(tmp_path / "ddp" / "comparison" / "comparison.csv")
+    assert list(single) == list(ddp) == ["lcam", "gradcam"] and single["lcam"]["images"] == "16"
+    for method in single:
+        assert ddp[method].keys() == single[method].keys()
+        for column, value in single[method].items():
+            # An empty cell is a metric that was not computed: it must fail, not be skipped.
+            assert value and ddp[method][column], (method, column, value, ddp[method][column])
+            assert float(ddp[method][column]) == pytest.approx(float(value), abs=1e-4), (
+                method,
+                column,
+            )

@@ -1,4 +1,11 @@
-"""lcam: learned one-pass class activation maps on frozen classifiers."""
+"""lcam: learned one-pass class activation maps on frozen classifiers.
+
+The package is built in one-way layers (lowest first; a module imports only its own layer or
+lower ones): leaf helpers (``_io``, ``maps``, ``viz``, ``explanation``) -> ``backbone``,
+``models``, ``data`` -> ``heads`` -> ``explainers``, ``api``, ``onnx`` -> ``metrics`` ->
+``evaluation`` -> ``training``, ``inference``, ``visualise`` -> ``cli`` and this file, the public
+API. ``tests/test_layering.py`` enforces it.
+"""
 
 from lcam.api import build_explainer, load_explainer, save_explainer
 from lcam.backbone import BackboneOutput, FrozenBackbone, WeightsUnavailableError

@@ -91,8 +91,13 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
-def load_data(path: str | Path, what: str = "checkpoint") -> Any:
+def load_data(path: str | Path, what: str = "a checkpoint") -> Any:
     """``torch.load`` with ``weights_only=True`` on the CPU: tensors and plain containers only.
+
+    Args:
+        path: the file.
+        what: what the file should be, with its article, for the message (``"an lcam
+            checkpoint"``).
 
     Raises:
         ValueError: the file holds anything else (pickled code); the message names the file.
@@ -102,5 +107,6 @@ def load_data(path: str | Path, what: str = "checkpoint") -> Any:
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(
-            f"{str(path)!r} is not a loadable {what} (read as data with weights_only=True): {first}"
+            f"{str(path)!r} is not {what} (reading it as data with weights_only=True "
+            f"failed: {first})"
         ) from error

@@ -116,7 +116,7 @@ def load_explainer(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    checkpoint = load_data(path, "lcam checkpoint")
+    checkpoint = load_data(path, "an lcam checkpoint")
     if (
         not isinstance(checkpoint, dict)
         or "lcam" not in checkpoint
@@ -137,6 +137,9 @@ def load_explainer(
         std=spec["std"],
         class_names=meta.get("class_names"),
         token_weighting=spec.get("token_weighting", False),
+        layout=spec.get("layout"),
+        num_prefix_tokens=spec.get("num_prefix_tokens"),
+        grid=spec.get("grid"),
     )
     backbone.spec["weights"] = spec["weights"]
     explainer = build_explainer(backbone, meta["head"], map_activation=meta["map_activation"])

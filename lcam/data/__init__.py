@@ -1,6 +1,19 @@
-"""Datasets and datamodules."""
+"""Datasets and datamodules (layer 1: depends only on the leaf helpers ``lcam.maps``/``lcam._io``).
 
+``datamodules`` (ImageNet-style folders, the built-in shapes), ``synthetic`` (procedural shapes
+with masks), ``composites`` (real scikit-image photos pasted on textures, with masks),
+``loaders`` (seeded, resumable loaders).
+"""
+
+from lcam.data.composites import CompositeImages, CompositesDataModule
 from lcam.data.datamodules import ImageFolderDataModule, SyntheticShapesDataModule
 from lcam.data.synthetic import SHAPE_NAMES, SyntheticShapes
 
-__all__ = ["SHAPE_NAMES", "ImageFolderDataModule", "SyntheticShapes", "SyntheticShapesDataModule"]
+__all__ = [
+    "SHAPE_NAMES",
+    "CompositeImages",
+    "CompositesDataModule",
+    "ImageFolderDataModule",
+    "SyntheticShapes",
+    "SyntheticShapesDataModule",
+]

@@ -105,8 +105,8 @@ def feature_pass(
     with autograd_enabled():
         if full_backward:
             images = images.detach().clone().requires_grad_(True)
-            target_module = backbone.model.get_submodule(backbone.target_layer)
-            with capture_output(target_module) as outputs:
+            # The backbone's hook knows call sites ("_swish#1"), not only module names.
+            with backbone.capture_split_output() as outputs:
                 logits = backbone.model(backbone.normalise(images))
             features, wrt = outputs[0], (outputs[0], images)
         else:

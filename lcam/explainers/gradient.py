@@ -82,6 +82,7 @@ def _check_hookable(backbone: FrozenBackbone) -> list[nn.ReLU]:
     functional = [
         node.name
         for graph in (backbone.body_graph, backbone.tail_graph)
+        if graph is not None  # hook fallback: no graph, functional ReLUs cannot be listed
         for node in graph.nodes
         if node.op in ("call_function", "call_method") and node.target in _FUNCTIONAL_RELUS
     ]

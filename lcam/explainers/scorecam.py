@@ -190,14 +190,18 @@ class AblationCAM(PerturbationChannelCAM):
 
     def weights_from(self, images: Tensor, output: BackboneOutput, targets: Tensor) -> Tensor:
         features, skips = output.features, output.skips
+        # Channels are ablated on the (B, C, h, w) grid, whatever the layer's own layout
+        # (channels-last maps, tokens), and converted back before the tail resumes.
+        grid = self.backbone.grid(features)
 
         def evaluate(image_idx: Tensor, channel: Tensor) -> Tensor:
-            ablated = features[image_idx]  # advanced indexing copies
+            ablated = grid[image_idx]  # advanced indexing copies
             ablated[torch.arange(len(channel), device=channel.device), channel] = 0
-            logits = self.backbone.tail(ablated, tuple(skip[image_idx] for skip in skips))
+            resumed = self.backbone.from_grid(ablated, like=features[image_idx])
+            logits = self.backbone.tail(resumed, tuple(skip[image_idx] for skip in skips))
             return class_scores(logits, targets[image_idx], "logit")
 
-        batch, channels = features.shape[:2]
+        batch, channels = grid.shape[:2]
         ablated = evaluate_pairs(batch, channels, self.batch_size, evaluate, images.device)
         clean = class_scores(output.logits, targets, "logit")[:, None]
         eps = 1e-8

@@ -1,4 +1,4 @@
-"""Model definitions shipped with lcam."""
+"""Model definitions shipped with lcam (layer 1: plain torch modules, no lcam imports)."""
 
 from lcam.models.tiny import TinyResNet
 

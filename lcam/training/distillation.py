@@ -108,7 +108,7 @@ class TeacherMaps:
             self._build(dataset, labels_for, size, batch_size, expected)
         if not self.cache_path.exists():
             raise FileNotFoundError(f"teacher cache {str(self.cache_path)!r} was not built")
-        stored = load_data(self.cache_path, what="teacher cache")
+        stored = load_data(self.cache_path, what="a teacher cache")
         if stored.get("meta") != expected:
             mismatched = sorted(
                 key for key in expected if stored.get("meta", {}).get(key) != expected[key]

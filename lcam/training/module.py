@@ -19,6 +19,7 @@ from lcam.maps import in_mask_energy, normalise_maps, upsample_maps
 from lcam.training.distillation import Distance, TeacherMaps, map_distance
 from lcam.training.global_batch import global_labels
 from lcam.training.losses import LCAMLoss, MapSelection
+from lcam.training.masked_response import MaskedResponseLoss
 from lcam.training.overlays import log_overlay_grid, overlay_grid
 from lcam.training.recipe import configure_head_optimizer, paper_optimizer, paper_scheduler
 from lcam.training.test_hooks import EVALUATION_ARGUMENTS, TestTimeEvaluation
@@ -45,7 +46,8 @@ class LCAMModule(LightningModule):
         num_classes: classes of a backbone built by name (default: the model's).
         target_layer: module (or list of modules, for TAME) to attach the head to (default:
             detected, see FrozenBackbone).
-        input_size: training image side, also stored for inference.
+        input_size: training image side (or ``[H, W]``), also stored for inference (default:
+            the model's own, see FrozenBackbone).
         token_weighting: vision transformers: weight patch tokens by the class token (T-TAME).
         head: ``"lcam_fm"``, ``"lcam_img"`` or ``"tame"`` (multi-layer; with ``target_layer``
             unset it uses VGG pool3/4/5 or ResNet layer2/3/4).
@@ -83,6 +85,13 @@ class LCAMModule(LightningModule):
             AD/IC at 100/50/15 % as the test-time comparison scores the head, logged as
             ``val/ad_100`` ... ``val/ic_15`` for checkpoint selection (0: off; see
             :mod:`lcam.training.validation`).
+        masked_response_weight: weight of the amortized masked-response term (0: off): the
+            head's pre-sigmoid map of each image's label is fitted to the frozen model's
+            responses to random masks (see :class:`~lcam.training.masked_response.
+            MaskedResponseLoss`); logged as ``train/masked_response``.
+        masked_response_options: keyword arguments of ``MaskedResponseLoss``
+            (``masks_per_image``, ``masks``, ``grid``, ``keep_prob``, ``sampling``, ``score``,
+            ``fit``, ``chunk_size``).
     """
 
     def __init__(
@@ -91,7 +100,7 @@ class LCAMModule(LightningModule):
         weights: str | None = None,
         num_classes: int | None = None,
         target_layer: str | list[str] | None = None,
-        input_size: int = 224,
+        input_size: int | None = None,
         token_weighting: bool = False,
         head: str = "lcam_fm",
         labels: Literal["predicted", "dataset"] = "predicted",
@@ -119,6 +128,8 @@ class LCAMModule(LightningModule):
         unit_alignment: bool = True,
         report_dir: str | None = None,
         faithfulness_subset: int = 0,
+        masked_response_weight: float = 0.0,
+        masked_response_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Evaluation settings stay out of the checkpoint: a test run takes them from its config
@@ -144,6 +155,11 @@ class LCAMModule(LightningModule):
         )
         self.teacher = (
             TeacherMaps(teacher, frozen, teacher_options, teacher_cache) if teacher else None
+        )
+        self.masked_response = (
+            MaskedResponseLoss(**(masked_response_options or {}))
+            if masked_response_weight > 0
+            else None
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -193,6 +209,7 @@ class LCAMModule(LightningModule):
             "own_maps": own_maps,
             "predicted_maps": self.explainer.select(class_maps.detach(), predicted),
             "predicted_logit_maps": class_maps.detach()[rows, predicted],
+            "own_logit_maps": class_maps[rows, labels],
         }
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -205,6 +222,12 @@ class LCAMModule(LightningModule):
             )
             terms["distill"] = map_distance(own_maps, teacher_maps, self.hparams.distill_distance)
             terms["loss"] = terms["loss"] + self.hparams.distill_weight * terms["distill"]
+        if self.masked_response is not None:
+            terms["masked_response"] = self.masked_response(
+                step["own_logit_maps"], batch["image"], step["labels"], self.backbone
+            )
+            weight = self.hparams.masked_response_weight
+            terms["loss"] = terms["loss"] + weight * terms["masked_response"]
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
         self.log("train/masked_accuracy", step["masked_correct"].mean(), prog_bar=True)
         self.log("train/map_area", step["own_maps"].mean())

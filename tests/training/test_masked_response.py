@@ -158,3 +158,30 @@ def test_trained_map_matches_exact_shapley_at_least_as_well_as_kernel_shap(fit: 
     theirs = correlation(shap.coefficients, exact).mean()
     assert ours >= theirs, (ours.item(), theirs.item())
     assert ours > 0.9
+
+
+def test_lcam_module_adds_the_weighted_masked_response_term() -> None:
+    """``masked_response_weight`` adds ``weight * MaskedResponseLoss`` to the training loss and
+    logs it; the term's gradient reaches the head."""
+    from helpers import shapes_module
+
+    from lcam.data import SyntheticShapes
+
+    options = {"masks_per_image": 4, "grid": 4, "fit": "correlation"}
+    plain = shapes_module()
+    with_term = shapes_module(masked_response_weight=3.0, masked_response_options=options)
+    with_term.explainer.head.load_state_dict(plain.explainer.head.state_dict())
+    items = [SyntheticShapes(8, image_size=64, seed=5)[index] for index in range(8)]
+    batch = {"image": torch.stack([item["image"] for item in items])}
+    batch["label"] = torch.tensor([item["label"] for item in items])
+    logged: dict[str, torch.Tensor] = {}
+    for module in (plain, with_term):
+        module.log_dict = lambda values, **_: logged.update(values)  # no trainer attached
+        module.log = lambda name, value, **_: logged.update({name: value})
+    base = plain.training_step(batch, 0)
+    torch.manual_seed(0)
+    total = with_term.training_step(batch, 0)
+    term = logged["train/masked_response"]
+    assert term.requires_grad and float(term) != 0.0
+    assert torch.allclose(total, base + 3.0 * term, atol=1e-5)
+    assert plain.masked_response is None

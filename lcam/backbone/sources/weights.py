@@ -61,7 +61,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
-    state = load_data(path, "state_dict")  # ValueError naming the file if it holds code
+    state = load_data(path, "a loadable state_dict")  # ValueError naming the file if it holds code
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{str(path)!r} does not hold a state_dict (a dict of tensors)")
     return state

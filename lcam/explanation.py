@@ -39,6 +39,9 @@ class Explanation:
         degenerate: ``(B,)`` bool, ``True`` where the method's raw map was constant or all zero
             before normalisation: its map (all zeros after min-max normalisation) carries no
             information. ``None`` given means no image is degenerate.
+        raw_maps: ``(B, h, w)`` float maps as the method computed them, before activation,
+            resizing and normalisation (learned heads: the pre-sigmoid logit maps), e.g. for the
+            AD/IC protocol, which normalises before upsampling; ``None`` if not kept.
     """
 
     maps: Tensor
@@ -49,6 +52,7 @@ class Explanation:
     method: str
     tail_passes: float = 0.0
     degenerate: Tensor | None = None
+    raw_maps: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.degenerate is None:

@@ -155,7 +155,8 @@ class Explainer(nn.Module):
         degenerate = degenerate_maps(raw_maps)
         if bool(degenerate.any()):
             self._warn_degenerate(raw_maps, degenerate)
-        maps = normalise_maps(upsample_maps(raw_maps, tuple(images.shape[-2:])))
+        shown = self.activate(raw_maps)
+        maps = normalise_maps(upsample_maps(shown, tuple(images.shape[-2:])))
         maps = maps.to(images.dtype)
         return Explanation(
             maps=maps,
@@ -166,7 +167,13 @@ class Explainer(nn.Module):
             method=self.name,
             tail_passes=float(self.tail_passes),
             degenerate=degenerate,
+            raw_maps=raw_maps,
         )
+
+    def activate(self, raw_maps: Tensor) -> Tensor:
+        """How ``(B, h, w)`` raw maps become the maps shown (before resizing and normalising):
+        unchanged here; learned heads apply their ``map_activation``."""
+        return raw_maps
 
     def _check_outputs(
         self, images: Tensor, maps: Tensor, logits: Tensor, targets: Tensor

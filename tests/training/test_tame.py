@@ -74,7 +74,10 @@ def test_other_models_get_their_last_three_stages() -> None:
     model = torchvision.models.mobilenet_v3_small()
     assert default_tame_layers(model) == ["features.3", "features.8", "features.12"]
     flat = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
     )
     with pytest.raises(ValueError, match="pass target_layer as a list"):
         default_tame_layers(flat, 16)

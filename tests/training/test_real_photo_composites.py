@@ -29,7 +29,7 @@ SIZE = 160
 def test_tame_on_a_real_network_points_at_the_pasted_object() -> None:
     torch.manual_seed(0)
     module = LCAMModule(
-        backbone="helpers.RealLite0",
+        backbone="lcam.models.EfficientNetLite0",
         input_size=SIZE,
         head="tame",
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),

@@ -1,0 +1,105 @@
+r"""The kept-fraction objective: the class must survive when only the map's top pixels are kept.
+
+The L-CAM loss asks the class to survive the image masked by the *whole* soft map; the AD/IC
+protocol (:class:`lcam.metrics.AverageDropIncrease`) also keeps only the top 50 % and 15 % of the
+pixels. A map trained at 100 % alone can spread the evidence thinly and lose it at 15 %. This term
+trains at every kept fraction ``p`` the protocol scores, with the protocol's own masks, relaxed so
+that the choice of pixels gets a gradient.
+
+For images ``x`` ``(B, 3, H, W)`` in [0, 1], explained classes ``c`` ``(B,)`` and the head's raw
+maps ``S`` ``(B, h, w)`` (the pre-sigmoid logit maps the protocol scores):
+
+1. ``U = upsample(minmax(S))`` ``(B, H, W)``: per-image min-max normalisation, then bilinear
+   upsampling, as the protocol does (:func:`lcam.metrics.common.prepare_maps`, differentiable);
+2. for each fraction ``p`` with ``k = ceil(p H W)`` kept pixels, the threshold ``q_p`` is the
+   midpoint of the ``k``-th and ``(k+1)``-th largest values of ``U`` (no gradient), and
+
+   .. math::
+       M_p = U \cdot \sigma\!\left(\frac{U - q_p}{\tau}\right), \qquad
+       L = \frac{1}{|P|} \sum_{p \in P} \mathrm{CE}\big(f(x \odot M_p), c\big)
+
+   As ``tau -> 0``, ``M_p`` is the protocol's mask ``U * 1[rank(U) < k]`` (for ``p = 1``,
+   ``M_1 = U``, the L-CAM-Img forward on normalised maps).
+
+Cost: ``|P|`` forward and backward passes of the frozen network per image and step (the gradient
+flows through the network to the mask, as L-CAM-Img's does); inference stays one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lcam.backbone import FrozenBackbone
+from lcam.maps import normalise_maps, upsample_maps
+from lcam.metrics.common import checked_fractions, keep_count
+
+__all__ = ["KeptFractionLoss", "relaxed_keep_masks"]
+
+
+def relaxed_keep_masks(maps: Tensor, fractions: Sequence[float], temperature: float) -> Tensor:
+    """Masks ``M_p`` ``(P, B, H, W)`` of normalised maps ``(B, H, W)`` in [0, 1] (step 2 above).
+
+    ``temperature`` 0 gives the hard protocol masks (``U`` on the top ``k`` pixels, 0 elsewhere,
+    ties kept together); larger values soften the edge of the kept region.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    batch, height, width = maps.shape
+    pixels = height * width
+    ordered = maps.detach().flatten(1).sort(dim=1, descending=True).values  # (B, H * W)
+    masks = []
+    for fraction in fractions:
+        count = keep_count(fraction, pixels)
+        if count >= pixels:
+            masks.append(maps)
+            continue
+        if count == 0:
+            masks.append(torch.zeros_like(maps))
+            continue
+        threshold = (ordered[:, count - 1] + ordered[:, count]).view(batch, 1, 1) / 2
+        if temperature == 0:
+            keep = (maps > threshold).to(maps.dtype)
+        else:
+            keep = torch.sigmoid((maps - threshold) / temperature)
+        masks.append(maps * keep)
+    return torch.stack(masks)
+
+
+class KeptFractionLoss(nn.Module):
+    """Cross-entropy of the frozen model on images kept by the map's top fractions (formula in
+    the module docstring).
+
+    Usage: ``loss = objective(raw_maps, images, targets, backbone)`` with ``raw_maps``
+    ``(B, h, w)`` the head's pre-sigmoid maps of the explained classes; the caller adds
+    ``weight * loss`` to its own terms.
+
+    Args:
+        fractions: kept fractions ``P`` (default the protocol's 100 %, 50 %, 15 %).
+        temperature: ``tau``, the softness of the kept region's edge in normalised map units.
+    """
+
+    def __init__(
+        self, fractions: Sequence[float] = (1.0, 0.5, 0.15), temperature: float = 0.05
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0 (a hard edge has no gradient), got {temperature}"
+            )
+        self.fractions = checked_fractions(fractions)
+        self.temperature = float(temperature)
+
+    def forward(
+        self, maps: Tensor, images: Tensor, targets: Tensor, backbone: FrozenBackbone
+    ) -> Tensor:
+        """The scalar loss of raw maps ``(B, h, w)``, images ``(B, 3, H, W)``, targets ``(B,)``."""
+        size = (images.shape[-2], images.shape[-1])
+        kept = upsample_maps(normalise_maps(maps.float()), size)  # (B, H, W)
+        masks = relaxed_keep_masks(kept, self.fractions, self.temperature)  # (P, B, H, W)
+        masked = images.unsqueeze(0) * masks.unsqueeze(2).to(images.dtype)  # (P, B, 3, H, W)
+        logits = backbone(masked.flatten(0, 1))  # (P * B, K)
+        return F.cross_entropy(logits, targets.repeat(len(self.fractions)))

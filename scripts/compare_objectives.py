@@ -2,7 +2,7 @@
 
     python scripts/compare_objectives.py [--train-size 1024] [--epochs 3] [--test-size 128]
         [--masks-per-image 8] [--mr-weight 1] [--rise-masks 1000] [--lime-samples 500]
-        [--heads lcam_fm tame tame_mr tame_mr_only] [--no-classic] [--out FILE.json]
+        [--heads lcam_fm tame tame_mr tame_mr_only tame_kf] [--no-classic] [--out FILE.json]
 
 The quickstart backbone (``lcam.models.TinyResNet``, shipped weights, 64 px) and data
 (``lcam.data.SyntheticShapesDataModule``, seed 0: train split for the heads, test split for the
@@ -13,7 +13,9 @@ frozen model's predictions, as the quickstart recipe), each from ``torch.manual_
 * ``tame``: TAME, L-CAM loss, lr 1e-3;
 * ``tame_mr``: TAME, L-CAM loss + ``mr_weight`` x masked response (RISE masks, correlation fit,
   on the raw logit map of the label);
-* ``tame_mr_only``: TAME trained with the masked response alone (intercept fit), lr 1e-3.
+* ``tame_mr_only``: TAME trained with the masked response alone (intercept fit), lr 1e-3;
+* ``tame_kf``: TAME, L-CAM loss + 0.5 x the kept-fraction term (the class must survive the map's
+  top 100/50/15 %, soft edge 0.05; :class:`lcam.training.KeptFractionLoss`), lr 1e-3.
 
 Every method is scored by :class:`lcam.evaluation.comparison.MethodComparison` (AD/IC at
 100/50/15 % on the papers' protocol, pointing game, energy pointing game = in-mask energy, mask
@@ -37,6 +39,7 @@ from lcam.data import SyntheticShapesDataModule
 from lcam.evaluation.comparison import MethodComparison
 from lcam.explainers import Explainer, LearnedExplainer
 from lcam.models.tiny import SHAPES_WEIGHTS
+from lcam.training.kept_fraction import KeptFractionLoss
 from lcam.training.losses import LCAMLoss
 from lcam.training.masked_response import MaskedResponseLoss
 
@@ -55,7 +58,7 @@ def train_head(
     epochs: int,
     lr: float,
     lcam_weight: float,
-    objective: MaskedResponseLoss | None,
+    objective: MaskedResponseLoss | KeptFractionLoss | None,
     objective_weight: float,
 ) -> tuple[LearnedExplainer, float]:
     """Train a head in a plain loop; returns the explainer and the training seconds."""
@@ -125,6 +128,9 @@ def main() -> None:
         "tame_mr_only": lambda: train_head(
             "tame", train, args.epochs, 1e-3, 0.0, masked("intercept"), 1.0
         ),
+        "tame_kf": lambda: train_head(
+            "tame", train, args.epochs, 1e-3, 1.0, KeptFractionLoss(), 0.5
+        ),
     }
     methods: dict[str, Explainer] = {}
     cost: dict[str, dict[str, float]] = {}
@@ -132,7 +138,9 @@ def main() -> None:
     for name in chosen:
         explainer, seconds = recipes[name]()
         methods[name] = explainer
-        extra = args.masks_per_image if name.endswith(("_mr", "_mr_only")) else 0
+        extra = {"tame_kf": 3}.get(
+            name, args.masks_per_image if name.endswith(("_mr", "_mr_only")) else 0
+        )
         cost[name] = {"train_s": round(seconds, 1), "train_extra_fwd_per_img_step": extra}
         print(f"trained {name} in {seconds:.1f} s", flush=True)
     backbone = quickstart_backbone()

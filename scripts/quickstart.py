@@ -1,4 +1,5 @@
-"""The quickstart: train an L-CAM head on the built-in dataset, explain images, print figures.
+"""The quickstart: train the default head (``configs/quickstart.yaml``) on the built-in dataset,
+explain images, print figures.
 
     python scripts/quickstart.py [--config configs/quickstart.yaml]
 

@@ -16,6 +16,18 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
+def test_the_quickstart_comparison_evaluates_the_quickstart_head() -> None:
+    """The README's two commands fit together: quickstart_compare.yaml builds the same explainer
+    as quickstart.yaml (a different head or backbone would refuse the checkpoint) and trains the
+    same way."""
+    fit = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["model"]
+    compare = yaml.safe_load((ROOT / "configs" / "quickstart_compare.yaml").read_text())["model"]
+    for key in ("backbone", "weights", "num_classes", "input_size", "head", "target_layer"):
+        assert fit.get(key) == compare.get(key), key
+    for key in ("kept_fraction_weight", "masked_response_weight", "optimizer"):
+        assert fit.get(key) == compare.get(key), key
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_config_parses_and_prints(config, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:

@@ -31,7 +31,7 @@ import yaml
 from lcam.models.tiny import SHAPES_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart_lcam_fm.yaml").read_text())
 
 
 def _config(

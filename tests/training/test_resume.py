@@ -36,7 +36,7 @@ from lcam.models.tiny import SHAPES_WEIGHTS
 from lcam.training import LCAMModule
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+QUICKSTART = yaml.safe_load((ROOT / "configs" / "quickstart_lcam_fm.yaml").read_text())
 STEPS_PER_EPOCH = 16  # train_size 256 / batch 16
 
 
@@ -53,7 +53,8 @@ def _config(
     data: dict | None = None,
     trainer: dict | None = None,
 ) -> Path:
-    """A tiny CPU run derived from configs/quickstart.yaml, writing only under ``directory``.
+    """A tiny CPU run derived from configs/quickstart_lcam_fm.yaml (the papers' L-CAM-Fm
+    recipe: no BatchNorm in the head), writing only under ``directory``.
 
     A ModelCheckpoint saves after every optimizer step (keeping the newest as
     ``epoch=E-step=S.ckpt``) and as ``last.ckpt``; no logger, no validation.

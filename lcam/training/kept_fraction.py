@@ -43,8 +43,9 @@ __all__ = ["KeptFractionLoss", "relaxed_keep_masks"]
 def relaxed_keep_masks(maps: Tensor, fractions: Sequence[float], temperature: float) -> Tensor:
     """Masks ``M_p`` ``(P, B, H, W)`` of normalised maps ``(B, H, W)`` in [0, 1] (step 2 above).
 
-    ``temperature`` 0 gives the hard protocol masks (``U`` on the top ``k`` pixels, 0 elsewhere,
-    ties kept together); larger values soften the edge of the kept region.
+    ``temperature`` 0 gives the hard protocol masks (``U`` on the top ``k`` pixels, 0 elsewhere;
+    pixels tied at the threshold are all dropped, where the protocol breaks ties by index);
+    larger values soften the edge of the kept region.
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")

@@ -58,12 +58,13 @@ def test_wrong_key_fails_at_parse_time_naming_it(capsys) -> None:
     assert "tv_wieght" in capsys.readouterr().err
 
 
-def _small_quickstart(tmp_path: Path) -> Path:
-    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+def _small_quickstart(tmp_path: Path, name: str = "quickstart.yaml") -> Path:
+    config = yaml.safe_load((ROOT / "configs" / name).read_text())
     config["trainer"].update(default_root_dir=str(tmp_path), max_epochs=1, log_every_n_steps=1)
-    config["trainer"]["logger"][0]["init_args"]["save_dir"] = str(tmp_path)
-    config["trainer"]["logger"][1]["init_args"]["save_dir"] = str(tmp_path)
-    config["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    for logger in config["trainer"]["logger"]:
+        logger["init_args"]["save_dir"] = str(tmp_path)
+    for callback in config["trainer"]["callbacks"]:
+        callback["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
     config["model"]["weights"] = str(SHAPES_WEIGHTS)
     config["data"]["init_args"].update(train_size=128, val_size=16, batch_size=16)
     path = tmp_path / "small.yaml"
@@ -94,6 +95,40 @@ def test_fit_logs_offline_and_writes_a_loadable_checkpoint(tmp_path, monkeypatch
         "val/in_mask_energy",
     ):
         assert column in metrics
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_writes_last_ckpt_without_a_monitor(config) -> None:
+    """The test below shows why: a monitored ``save_last`` is stale after an epoch that did not
+    improve, so each config names a monitor-less checkpoint ``last`` instead."""
+    callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks", [])
+    checkpoints = [c["init_args"] for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+    assert not any(c.get("save_last") and c.get("monitor") for c in checkpoints)
+    if checkpoints:
+        assert [c for c in checkpoints if c.get("filename") == "last" and not c.get("monitor")]
+
+
+def test_last_checkpoint_holds_the_final_weights_when_validation_stops_improving(
+    tmp_path, monkeypatch
+) -> None:
+    """With a learning rate of 0 (and no BatchNorm in the L-CAM-Fm head) the validation loss
+    repeats, so the monitored checkpoint is written after epoch 0 only; ``last.ckpt`` must still
+    be the end of training, since the README tests and exports it."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = yaml.safe_load(_small_quickstart(tmp_path, "quickstart_lcam_fm.yaml").read_text())
+    config["trainer"]["max_epochs"] = 2
+    config["model"]["optimizer"]["init_args"]["lr"] = 0.0
+    path = tmp_path / "frozen.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = cli_main(["fit", "--config", str(path)])
+    assert cli.trainer.checkpoint_callback.monitor == "val/loss"  # what `--ckpt_path best` reads
+    steps_per_epoch = (
+        config["data"]["init_args"]["train_size"] // config["data"]["init_args"]["batch_size"]
+    )
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 2 * steps_per_epoch)
+    (best,) = (p for p in (tmp_path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
+    assert torch.load(best, weights_only=True)["global_step"] == steps_per_epoch
 
 
 def test_test_run_compares_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:

@@ -9,6 +9,7 @@ in :mod:`lcam.backbone.sources`. Weights files are data: ``.safetensors`` or
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from torch import nn
@@ -53,6 +54,18 @@ def _import_class(path: str) -> type[nn.Module]:
     return cls
 
 
+def _accepts_keyword(cls: type[nn.Module], name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword ``name`` (explicitly or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: pass it and let the call decide
+        return True
+    return any(
+        (p.name == name and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
+
+
 def describe_model(network: nn.Module) -> ModelDescription:
     """What ``network`` says about itself (timm, Hugging Face and torchvision models).
 
@@ -94,8 +107,12 @@ def build_model(
         raise ValueError(
             f"weights {weights!r} must be a local state_dict file for model class {model!r}"
         )
-    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
-    description = describe_model(_import_class(model)(**kwargs))
+    cls = _import_class(model)
+    # A class without a num_classes argument (a wrapper of fixed pretrained weights) is built
+    # as it is; FrozenBackbone then refuses it if its output count differs from num_classes.
+    takes_count = num_classes is not None and _accepts_keyword(cls, "num_classes")
+    kwargs: dict[str, Any] = {"num_classes": num_classes} if takes_count else {}
+    description = describe_model(cls(**kwargs))
     if weights is None:
         return description, None
     return description, load_weights_into(description.network, weights, model)

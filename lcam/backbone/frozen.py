@@ -105,6 +105,7 @@ class FrozenBackbone(nn.Module):
         else:
             description, weights_id = build_model(model, num_classes=num_classes, weights=weights)
             model_name = model
+        self._requested_classes = num_classes
         hints = model_hints(description, input_size, mean, std, num_prefix_tokens)
         self.model = description.network.eval().requires_grad_(False)
         self.register_buffer(
@@ -184,6 +185,12 @@ class FrozenBackbone(nn.Module):
         self.layer_channels = tuple(int(grid.shape[1]) for grid in grids)
         self.layer_sizes = tuple((int(g.shape[2]), int(g.shape[3])) for g in grids)
         self.num_classes = int(logits.shape[1])
+        requested = self._requested_classes
+        if requested is not None and requested != self.num_classes:
+            raise ValueError(
+                f"num_classes={requested} was asked for, but {self.model_name!r} gives "
+                f"{self.num_classes} logits (its class takes no num_classes, or ignores it)"
+            )
         if hasattr(self, "spec"):
             self.spec["target_layer"] = self._target_spec()
 

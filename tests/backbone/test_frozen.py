@@ -5,6 +5,7 @@ import torch
 import torchvision
 from helpers import tiny_backbone
 
+import lcam
 from lcam.backbone import FrozenBackbone, WeightsUnavailableError
 
 
@@ -156,3 +157,20 @@ def test_local_weights_file_round_trip_and_mismatch(tmp_path) -> None:
 def test_class_path_model_with_num_classes() -> None:
     backbone = FrozenBackbone("lcam.models.TinyResNet", num_classes=3, input_size=32)
     assert backbone.num_classes == 3 and backbone.spec["model"] == "lcam.models.TinyResNet"
+
+
+def test_class_path_model_without_num_classes_argument(tmp_path) -> None:
+    """A class of fixed outputs (a wrapper of pretrained weights, as ``EfficientNetLite0``) is
+    built without ``num_classes``; a checkpoint of it loads again (its metadata records the count),
+    and a count the model does not give is refused."""
+    options = {"target_layer": "conv", "input_size": 32, "mean": (0, 0, 0), "std": (1, 1, 1)}
+    backbone = FrozenBackbone("helpers.PlantedRegion", num_classes=2, **options)
+    assert backbone.num_classes == 2
+    explainer = lcam.build_explainer(backbone, "lcam_fm")
+    path = lcam.save_explainer(explainer, tmp_path / "explainer.pt")
+    loaded = lcam.load_explainer(path, device="cpu", trust_model_code=True)
+    assert loaded.backbone.num_classes == 2
+    with pytest.raises(
+        ValueError, match=r"num_classes=5 .* 'helpers.PlantedRegion' gives 2 logits"
+    ):
+        FrozenBackbone("helpers.PlantedRegion", num_classes=5, **options)

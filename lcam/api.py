@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 STATE_PREFIX = "explainer."
+CLASS_EXAMPLES = "class_examples"  # LearnedExplainer's buffer of training counts
 FORMAT_VERSION = 1
 
 
@@ -148,6 +149,8 @@ def load_explainer(
         for key, value in checkpoint["state_dict"].items()
         if key.startswith(STATE_PREFIX)
     }
+    # Files written before the training counts existed load with the counts unknown (zeros).
+    state.setdefault(CLASS_EXAMPLES, explainer.class_examples)
     try:
         explainer.load_state_dict(state)
     except RuntimeError as error:

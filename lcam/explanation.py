@@ -42,6 +42,10 @@ class Explanation:
         raw_maps: ``(B, h, w)`` float maps as the method computed them, before activation,
             resizing and normalisation (learned heads: the pre-sigmoid logit maps), e.g. for the
             AD/IC protocol, which normalises before upsampling; ``None`` if not kept.
+        untrained: ``(B,)`` bool, ``True`` where a learned head explains a class that was never
+            the explained class of a training image: that class's map is the head's
+            initialisation, not something it learned. ``None`` given means no image is flagged
+            (every non-learned method, and heads whose checkpoint records no training counts).
     """
 
     maps: Tensor
@@ -53,15 +57,21 @@ class Explanation:
     tail_passes: float = 0.0
     degenerate: Tensor | None = None
     raw_maps: Tensor | None = None
+    untrained: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.degenerate is None:
-            self.degenerate = torch.zeros(len(self.maps), dtype=torch.bool, device=self.maps.device)
-        elif self.degenerate.shape != (len(self.maps),):
+        self.degenerate = self._flags("degenerate", self.degenerate)
+        self.untrained = self._flags("untrained", self.untrained)
+
+    def _flags(self, name: str, flags: Tensor | None) -> Tensor:
+        """Per-image flags ``(B,)`` bool: all ``False`` for ``None``, else checked."""
+        if flags is None:
+            return torch.zeros(len(self.maps), dtype=torch.bool, device=self.maps.device)
+        if flags.shape != (len(self.maps),):
             raise ValueError(
-                f"degenerate must have shape ({len(self.maps)},), got "
-                f"{tuple(self.degenerate.shape)}"
+                f"{name} must have shape ({len(self.maps)},), got {tuple(flags.shape)}"
             )
+        return flags
 
     @property
     def probabilities(self) -> Tensor:

@@ -10,7 +10,7 @@ maps), ``registry``, ``features`` and ``cam_tail`` (what the channel CAMs need),
 
 from lcam.explainers import cam, gradient, perturbation, scorecam, surrogate  # noqa: F401
 from lcam.explainers.base import DegenerateMapWarning, Explainer
-from lcam.explainers.learned import LearnedExplainer
+from lcam.explainers.learned import LearnedExplainer, UntrainedClassWarning
 from lcam.explainers.registry import EXPLAINERS, get_explainer, register_explainer
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "DegenerateMapWarning",
     "Explainer",
     "LearnedExplainer",
+    "UntrainedClassWarning",
     "get_explainer",
     "register_explainer",
 ]

@@ -168,7 +168,13 @@ class Explainer(nn.Module):
             tail_passes=float(self.tail_passes),
             degenerate=degenerate,
             raw_maps=raw_maps,
+            untrained=self.untrained_targets(resolved),
         )
+
+    def untrained_targets(self, targets: Tensor) -> Tensor | None:
+        """``(B,)`` bool flags of ``targets`` ``(B,)`` the method was never trained to explain,
+        or ``None`` (nothing to flag: methods that are not trained)."""
+        return None
 
     def activate(self, raw_maps: Tensor) -> Tensor:
         """How ``(B, h, w)`` raw maps become the maps shown (before resizing and normalising):

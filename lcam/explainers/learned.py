@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -11,7 +12,11 @@ from lcam.backbone import BackboneOutput, FrozenBackbone
 from lcam.explainers.base import Explainer, Targets, resolve_targets
 from lcam.heads import LCAMHead, build_head
 
-__all__ = ["LearnedExplainer"]
+__all__ = ["LearnedExplainer", "UntrainedClassWarning"]
+
+
+class UntrainedClassWarning(UserWarning):
+    """A learned head was asked for the map of a class no training image was explained as."""
 
 
 class LearnedExplainer(Explainer):
@@ -22,6 +27,13 @@ class LearnedExplainer(Explainer):
     ``sigmoid(S[b, c_b])`` (``map_activation="sigmoid"``, the default) or the pre-sigmoid logit
     map ``S[b, c_b]`` (``"logit"``, what the papers' AD/IC protocol min-max normalises), then
     upsampled and min-max normalised.
+
+    A head learns one map per class, and only from training images explained as that class
+    (their predicted or dataset label). The buffer ``class_examples`` ``(K,)`` int64, saved with
+    the head, counts them (summed over epochs and processes; training adds to it with
+    :meth:`count_training_labels`). Where it is known (a nonzero sum), :meth:`explain` flags
+    images whose class has a zero count (``Explanation.untrained``) and warns once: such a map is
+    the head's initialisation, however plausible it looks.
 
     Args:
         backbone: the frozen classifier.
@@ -47,6 +59,39 @@ class LearnedExplainer(Explainer):
         if map_activation not in ("logit", "sigmoid"):
             raise ValueError(f"map_activation must be 'logit' or 'sigmoid', got {map_activation!r}")
         self.map_activation = map_activation
+        self.register_buffer(
+            "class_examples",
+            torch.zeros(backbone.num_classes, dtype=torch.long, device=self.device),
+        )
+        self._warned_untrained = False
+
+    @torch.no_grad()
+    def count_training_labels(self, labels: Tensor) -> None:
+        """Add the explained classes ``(N,)`` of one training step to ``class_examples``."""
+        counts = torch.bincount(labels.flatten().long(), minlength=len(self.class_examples))
+        self.class_examples += counts.to(self.class_examples.device)
+
+    def untrained_targets(self, targets: Tensor) -> Tensor | None:
+        """``(B,)`` flags of targets with no training example; ``None`` when no counts are
+        recorded (a head built, not trained, or a checkpoint older than the counts)."""
+        counts = self.class_examples
+        if not bool(counts.any()):
+            return None
+        untrained = counts.to(targets.device)[targets] == 0
+        if bool(untrained.any()) and not self._warned_untrained:
+            self._warned_untrained = True
+            classes = sorted(set(targets[untrained].tolist()))
+            names = self.backbone.class_names
+            shown = [f"{c} ({names[c]})" if names else str(c) for c in classes]
+            warnings.warn(
+                f"{self.name}: class(es) {', '.join(shown)} had no training example, so their "
+                f"maps are the head's initialisation, not explanations (Explanation.untrained "
+                f"marks the images; train on images of these classes). {int(counts.gt(0).sum())} "
+                f"of {len(counts)} classes were trained. This warning is shown once per explainer.",
+                UntrainedClassWarning,
+                stacklevel=3,
+            )
+        return untrained
 
     def class_maps(self, images: Tensor) -> tuple[BackboneOutput, Tensor]:
         """One pass: the backbone output and logit maps ``S`` ``(B, K, h, w)`` of all classes."""

@@ -79,6 +79,7 @@ def _record(
 
     target = int(explanation.targets[row])
     degenerate = getattr(explanation, "degenerate", None)
+    untrained = getattr(explanation, "untrained", None)
     map_name, overlay_name = output_names(item.name)
     return {
         "name": item.name,
@@ -90,6 +91,7 @@ def _record(
         "target": target,
         "target_name": name_of(target),
         "degenerate": bool(degenerate[row]) if degenerate is not None else False,
+        "untrained": bool(untrained[row]) if untrained is not None else False,
         "map": map_name,
         "overlay": overlay_name,
     }

@@ -13,7 +13,13 @@ from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lcam.api import build_explainer, describe_mismatch, explainer_metadata
+from lcam.api import (
+    CLASS_EXAMPLES,
+    STATE_PREFIX,
+    build_explainer,
+    describe_mismatch,
+    explainer_metadata,
+)
 from lcam.backbone import FrozenBackbone
 from lcam.maps import in_mask_energy, normalise_maps, upsample_maps
 from lcam.training.distillation import Distance, TeacherMaps, map_distance
@@ -228,6 +234,8 @@ class LCAMModule(LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         step = self._step(batch)
         terms = step["terms"]
+        # Every process counts the global batch's labels, so the saved counts agree across ranks.
+        self.explainer.count_training_labels(global_labels(self, step["labels"]))
         if self.teacher is not None:
             own_maps = step["own_maps"]
             teacher_maps = self.teacher.lookup(
@@ -354,3 +362,7 @@ class LCAMModule(LightningModule):
             raise ValueError(
                 "the checkpoint was trained with another configuration: " + "; ".join(mismatches)
             )
+        # Checkpoints written before the training counts existed resume with the counts unknown.
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            state.setdefault(STATE_PREFIX + CLASS_EXAMPLES, self.explainer.class_examples.clone())

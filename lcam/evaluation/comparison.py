@@ -248,6 +248,7 @@ class MethodComparison(nn.Module):
                 float(explanation.forward_passes),
                 float(explanation.backward_passes),
                 located,
+                int(explanation.untrained.sum()) if explanation.untrained is not None else 0,
             )
         self.examples.keep(
             images,
@@ -269,7 +270,8 @@ class MethodComparison(nn.Module):
 
     # ------------------------------------------------------------------ results
     def compute(self) -> list[dict[str, Any]]:
-        """One row per method: ``method``, ``images``, passes, ``ms_per_image`` and metrics.
+        """One row per method: ``method``, ``images``, passes, ``ms_per_image``,
+        ``untrained_images`` (see :class:`~lcam.evaluation.cost.MethodCost`) and metrics.
 
         Columns (for the selected metrics): ``ad@<p>``/``ic@<p>`` (percent),
         ``road_morf@<p>``/``road_lerf@<p>`` and their means ``road_morf_mean``/
@@ -299,6 +301,8 @@ class MethodComparison(nn.Module):
                     "forward_passes": cost["forward_passes"],
                     "backward_passes": cost["backward_passes"],
                     "ms_per_image": cost["ms_per_image"],
+                    # Images explained for a class the head never trained on (learned methods).
+                    "untrained_images": int(cost["untrained"]),
                 }
                 for spec in self.specs:
                     metric = self.scores[name][spec.name]

@@ -14,9 +14,11 @@ __all__ = ["MethodCost"]
 class MethodCost(Metric):
     """Images, explanation time and classifier passes of one method, as sum states.
 
-    ``update(images, seconds, forward_passes, backward_passes, located)``: the number of images
-    of the batch, the wall time of explaining it, the passes *per image* the method reported and
-    how many of the images had an object mask. ``compute()`` returns per-image means.
+    ``update(images, seconds, forward_passes, backward_passes, located, untrained)``: the number
+    of images of the batch, the wall time of explaining it, the passes *per image* the method
+    reported, how many of the images had an object mask and how many were explained for a class
+    the (learned) method never trained on (``Explanation.untrained``). ``compute()`` returns
+    per-image means and the two counts.
     """
 
     is_differentiable = False
@@ -28,10 +30,18 @@ class MethodCost(Metric):
     forward_passes: Tensor
     backward_passes: Tensor
     located: Tensor
+    untrained: Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        for name in ("images", "seconds", "forward_passes", "backward_passes", "located"):
+        for name in (
+            "images",
+            "seconds",
+            "forward_passes",
+            "backward_passes",
+            "located",
+            "untrained",
+        ):
             self.add_state(name, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(
@@ -41,6 +51,7 @@ class MethodCost(Metric):
         forward_passes: float,
         backward_passes: float,
         located: int,
+        untrained: int = 0,
     ) -> None:
         """Accumulate one batch (passes are per image; they are weighted by ``images``)."""
         self.images += images
@@ -48,13 +59,16 @@ class MethodCost(Metric):
         self.forward_passes += forward_passes * images
         self.backward_passes += backward_passes * images
         self.located += located
+        self.untrained += untrained
 
     def compute(self) -> dict[str, Tensor]:
-        """``images``, ``located``, per-image ``forward_passes``/``backward_passes``, ``ms``."""
+        """``images``, ``located``, ``untrained``, per-image ``forward_passes``/
+        ``backward_passes`` and ``ms_per_image``."""
         count = self.images.clamp_min(1)
         return {
             "images": self.images,
             "located": self.located,
+            "untrained": self.untrained,
             "forward_passes": self.forward_passes / count,
             "backward_passes": self.backward_passes / count,
             "ms_per_image": 1000.0 * self.seconds / count,

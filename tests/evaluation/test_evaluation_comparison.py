@@ -59,6 +59,24 @@ class Noise(Explainer):
         return maps, logits, resolve_targets(logits, targets)
 
 
+def test_rows_count_the_images_explained_for_classes_the_head_never_trained_on(
+    backbone,
+) -> None:
+    batch = _batch(12)
+    explainer = lcam.build_explainer(backbone, "lcam_fm")
+    with torch.no_grad():
+        predicted = backbone(batch["image"]).argmax(1)
+    explainer.count_training_labels(predicted[:1])  # only the first image's class was trained
+    expected = int((predicted != predicted[0]).sum())
+    assert 0 < expected < 12
+    methods = {"lcam": explainer, "gradcam": lcam.get_explainer("gradcam", backbone)}
+    comparison = MethodComparison(backbone, methods, metrics=["adic"])
+    with pytest.warns(lcam.explainers.UntrainedClassWarning):
+        comparison.update(batch["image"], batch["label"], batch["mask"])
+    counts = {row["method"]: row["untrained_images"] for row in comparison.compute()}
+    assert counts == {"lcam": expected, "gradcam": 0}
+
+
 def test_rows_have_every_column_and_the_explainers_pass_counts(backbone, head) -> None:
     batch = _batch(2)
     methods = {
@@ -81,6 +99,7 @@ def test_rows_have_every_column_and_the_explainers_pass_counts(backbone, head) -
         "forward_passes",
         "backward_passes",
         "ms_per_image",
+        "untrained_images",
         *(f"{kind}@{p}" for p in ("100", "50", "15") for kind in ("ad", "ic")),
         "road_morf@50",
         "road_lerf@50",

@@ -248,7 +248,7 @@ class MethodComparison(nn.Module):
                 float(explanation.forward_passes),
                 float(explanation.backward_passes),
                 located,
-                int(explanation.untrained.sum()) if explanation.untrained is not None else 0,
+                int(explanation.untrained.sum()),
             )
         self.examples.keep(
             images,

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from lcam._io import atomic_write
 from lcam.api import explainer_metadata, load_explainer, resolve_device
 from lcam.explainers.base import Explainer, Targets, check_images, resolve_targets
-from lcam.explainers.learned import LearnedExplainer
+from lcam.explainers.learned import LearnedExplainer, TrainedClasses
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -153,6 +153,8 @@ def export_onnx(
             module.training = training
     model = onnx.load_from_string(buffer.getvalue())
     metadata = explainer_metadata(explainer)
+    # The training counts travel with the file, so the exported explainer flags untrained classes.
+    metadata["class_examples"] = explainer.class_examples.tolist()
     metadata["onnx"] = {
         "image_size": size,
         "feature_size": feature_size,
@@ -214,7 +216,22 @@ def _parse_metadata(session: onnxruntime.InferenceSession) -> dict[str, Any]:
     return metadata
 
 
-class OnnxExplainer(Explainer):
+def _training_counts(metadata: dict[str, Any], num_classes: int) -> Tensor | None:
+    counts = metadata.get("class_examples")
+    if counts is None:
+        return None
+    valid = isinstance(counts, list) and all(
+        isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts
+    )
+    if not valid or len(counts) != num_classes:
+        raise ValueError(
+            f"the ONNX model's {METADATA_KEY!r} metadata has 'class_examples' that are not "
+            f"{num_classes} counts (non-negative integers, one per class)"
+        )
+    return torch.tensor(counts, dtype=torch.long)
+
+
+class OnnxExplainer(TrainedClasses, Explainer):
     """An exported explainer run by onnxruntime, with the interface of a torch explainer.
 
     An :class:`~lcam.explainers.base.Explainer` whose :meth:`compute_maps` runs the graph: its
@@ -229,7 +246,9 @@ class OnnxExplainer(Explainer):
     the same output folder treats their outputs as interchangeable). ``map_activation`` is baked
     into the graph at export and read-only here. Inputs and outputs are CPU tensors, so
     ``device`` is always CPU even when the CUDA execution provider runs the graph (see
-    ``providers``). ``backbone`` is an :class:`OnnxModelInfo`, not a network.
+    ``providers``). ``backbone`` is an :class:`OnnxModelInfo`, not a network. Classes the head
+    never trained on are flagged (``Explanation.untrained``) from the training counts the export
+    stored; files exported before the counts existed flag nothing.
 
     Args:
         session: an ``onnxruntime.InferenceSession`` of a file written by :func:`export_onnx`.
@@ -267,6 +286,11 @@ class OnnxExplainer(Explainer):
         self._metadata = metadata
         self._image_shape = tuple(image_shape[-2:])
         self.name: str = metadata["head"]
+        self._training_counts = _training_counts(metadata, info.num_classes)
+
+    def training_counts(self) -> Tensor | None:
+        """``(K,)`` int64 training examples per class as exported, or ``None`` (older files)."""
+        return self._training_counts
 
     @property
     def map_activation(self) -> str:

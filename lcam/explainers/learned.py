@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -12,14 +12,52 @@ from lcam.backbone import BackboneOutput, FrozenBackbone
 from lcam.explainers.base import Explainer, Targets, resolve_targets
 from lcam.heads import LCAMHead, build_head
 
-__all__ = ["LearnedExplainer", "UntrainedClassWarning"]
+__all__ = ["LearnedExplainer", "TrainedClasses", "UntrainedClassWarning"]
 
 
 class UntrainedClassWarning(UserWarning):
     """A learned head was asked for the map of a class no training image was explained as."""
 
 
-class LearnedExplainer(Explainer):
+class TrainedClasses:
+    """Flags targets whose class no training image was explained as, and warns once.
+
+    Mixed into every explainer of a trained head (the torch one and the exported ONNX one),
+    which says only where its per-class training counts are (:meth:`training_counts`).
+    """
+
+    name: str
+    backbone: Any
+    _warned_untrained: bool = False
+
+    def training_counts(self) -> Tensor | None:
+        """``(K,)`` int64 training examples per class, or ``None`` when not recorded."""
+        raise NotImplementedError
+
+    def untrained_targets(self, targets: Tensor) -> Tensor | None:
+        """``(B,)`` flags of targets with no training example; ``None`` when no counts are
+        recorded (a head built, not trained, or a file older than the counts)."""
+        counts = self.training_counts()
+        if counts is None or not bool(counts.any()):
+            return None
+        untrained = counts.to(targets.device)[targets] == 0
+        if bool(untrained.any()) and not self._warned_untrained:
+            self._warned_untrained = True
+            classes = sorted(set(targets[untrained].tolist()))
+            names = self.backbone.class_names
+            shown = [f"{c} ({names[c]})" if names else str(c) for c in classes]
+            warnings.warn(
+                f"{self.name}: class(es) {', '.join(shown)} had no training example, so their "
+                f"maps are the head's initialisation, not explanations (Explanation.untrained "
+                f"marks the images; train on images of these classes). {int(counts.gt(0).sum())} "
+                f"of {len(counts)} classes were trained. This warning is shown once per explainer.",
+                UntrainedClassWarning,
+                stacklevel=3,
+            )
+        return untrained
+
+
+class LearnedExplainer(TrainedClasses, Explainer):
     """Class activation maps from one forward pass of the frozen network.
 
     The body runs once; the tail gives the logits and the head gives the logit maps ``S`` of all
@@ -63,7 +101,6 @@ class LearnedExplainer(Explainer):
             "class_examples",
             torch.zeros(backbone.num_classes, dtype=torch.long, device=self.device),
         )
-        self._warned_untrained = False
 
     @torch.no_grad()
     def count_training_labels(self, labels: Tensor) -> None:
@@ -71,27 +108,9 @@ class LearnedExplainer(Explainer):
         counts = torch.bincount(labels.flatten().long(), minlength=len(self.class_examples))
         self.class_examples += counts.to(self.class_examples.device)
 
-    def untrained_targets(self, targets: Tensor) -> Tensor | None:
-        """``(B,)`` flags of targets with no training example; ``None`` when no counts are
-        recorded (a head built, not trained, or a checkpoint older than the counts)."""
-        counts = self.class_examples
-        if not bool(counts.any()):
-            return None
-        untrained = counts.to(targets.device)[targets] == 0
-        if bool(untrained.any()) and not self._warned_untrained:
-            self._warned_untrained = True
-            classes = sorted(set(targets[untrained].tolist()))
-            names = self.backbone.class_names
-            shown = [f"{c} ({names[c]})" if names else str(c) for c in classes]
-            warnings.warn(
-                f"{self.name}: class(es) {', '.join(shown)} had no training example, so their "
-                f"maps are the head's initialisation, not explanations (Explanation.untrained "
-                f"marks the images; train on images of these classes). {int(counts.gt(0).sum())} "
-                f"of {len(counts)} classes were trained. This warning is shown once per explainer.",
-                UntrainedClassWarning,
-                stacklevel=3,
-            )
-        return untrained
+    def training_counts(self) -> Tensor:
+        """The ``class_examples`` buffer ``(K,)`` (all zeros: not recorded)."""
+        return self.class_examples
 
     def class_maps(self, images: Tensor) -> tuple[BackboneOutput, Tensor]:
         """One pass: the backbone output and logit maps ``S`` ``(B, K, h, w)`` of all classes."""

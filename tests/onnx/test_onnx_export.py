@@ -13,6 +13,7 @@ from PIL import Image
 
 import lcam
 from lcam.api import explainer_metadata
+from lcam.explainers import UntrainedClassWarning
 from lcam.inference import collect_images, run_inference
 from lcam.onnx import OnnxExplainer, OnnxModelInfo, export_onnx, load_onnx_explainer
 
@@ -118,6 +119,7 @@ def test_metadata_round_trip_and_atomic_write(tmp_path) -> None:
     props = {entry.key: entry.value for entry in model.metadata_props}
     stored = json.loads(props["lcam"])
     assert stored.pop("onnx")["image_size"] == 32
+    assert stored.pop("class_examples") == [0, 0, 0, 0]
     assert stored == json.loads(json.dumps(explainer_metadata(explainer)))
 
     exported = load_onnx_explainer(path, device="cpu", num_threads=1)
@@ -133,6 +135,36 @@ def test_metadata_round_trip_and_atomic_write(tmp_path) -> None:
     assert exported.metadata["class_names"] == CLASS_NAMES
     with pytest.raises(AttributeError):
         info.input_size = 64  # read-only
+
+
+def _rewrite_metadata(path, change) -> None:
+    model = onnx.load(path)
+    entry = next(entry for entry in model.metadata_props if entry.key == "lcam")
+    metadata = json.loads(entry.value)
+    change(metadata)
+    entry.value = json.dumps(metadata)
+    onnx.save_model(model, path)
+
+
+def test_exported_explainer_flags_the_classes_the_head_never_trained_on(tmp_path) -> None:
+    explainer = _tiny()
+    explainer.count_training_labels(torch.tensor([0, 0, 2]))
+    exported = _export_and_load(explainer, tmp_path / "tiny.onnx")
+    images, targets = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    with pytest.warns(UntrainedClassWarning, match=r"square\), 3 \(star\) had no training"):
+        flags = exported.explain(images, targets).untrained
+    assert flags.tolist() == [False, True, False, True]
+    with pytest.warns(UntrainedClassWarning):
+        assert torch.equal(explainer.explain(images, targets).untrained, flags)
+
+    # Files exported before the counts existed flag nothing; broken counts are refused.
+    _rewrite_metadata(tmp_path / "tiny.onnx", lambda metadata: metadata.pop("class_examples"))
+    old = load_onnx_explainer(tmp_path / "tiny.onnx", device="cpu", num_threads=1)
+    assert old.training_counts() is None
+    assert not old.explain(images, targets).untrained.any()
+    _rewrite_metadata(tmp_path / "tiny.onnx", lambda metadata: metadata.update(class_examples=[1]))
+    with pytest.raises(ValueError, match="'class_examples' that are not 4 counts"):
+        load_onnx_explainer(tmp_path / "tiny.onnx", device="cpu")
 
 
 @pytest.mark.parametrize("training", [False, True])

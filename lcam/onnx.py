@@ -15,9 +15,10 @@ the image size and min-max normalisation happen outside the graph: :class:`OnnxE
 so :meth:`~lcam.explainers.base.Explainer.explain` itself (input checks, degenerate-map flags,
 resizing, normalisation) turns its maps into the same :class:`~lcam.explanation.Explanation`.
 
-The lcam metadata (:func:`lcam.api.explainer_metadata`, plus an ``"onnx"`` entry with the export
-settings) is stored as JSON in the model's ``metadata_props`` under the key ``"lcam"``; an
-exported file is self-describing (class names, input size, head name).
+The lcam metadata (:func:`lcam.api.explainer_metadata`, plus the head's per-class training counts
+``"class_examples"`` and an ``"onnx"`` entry with the export settings) is stored as JSON in the
+model's ``metadata_props`` under the key ``"lcam"``; an exported file is self-describing (class
+names, input size, head name, the classes the head trained on).
 
 Export needs the ``onnx`` package, running the exported file needs ``onnxruntime``
 (``pip install lcam[onnx]``). The classic TorchScript-based exporter (``dynamo=False``) is used,

@@ -1,174 +1,25 @@
-"""ONNX export of a trained one-pass explainer, and an onnxruntime explainer that reads it.
-
-:func:`export_onnx` writes **one** ONNX graph of the frozen network plus the attention head::
-
-    images (B, 3, H, W) float32 in [0, 1]  ->  logits (B, K),  maps (B, K, h, w)
-
-The batch dimension is dynamic; ``H = W`` is fixed at export time (``image_size``, by default the
-backbone's ``input_size``), because pooling layers such as VGG's ``AdaptiveAvgPool2d((7, 7))``
-are exported with kernel sizes computed from the traced shape. Normalisation happens inside the
-graph, as in :class:`~lcam.backbone.FrozenBackbone`. ``maps`` are the head's maps of **all** ``K``
-classes after the explainer's ``map_activation`` (``sigmoid``, the trained attention, or the
-pre-sigmoid ``logit`` map), at feature resolution ``(h, w)``. Choosing the class, upsampling to
-the image size and min-max normalisation happen outside the graph: :class:`OnnxExplainer` is an
-:class:`~lcam.explainers.base.Explainer` whose :meth:`~OnnxExplainer.compute_maps` runs the graph,
-so :meth:`~lcam.explainers.base.Explainer.explain` itself (input checks, degenerate-map flags,
-resizing, normalisation) turns its maps into the same :class:`~lcam.explanation.Explanation`.
-
-The lcam metadata (:func:`lcam.api.explainer_metadata`, plus the head's per-class training counts
-``"class_examples"`` and an ``"onnx"`` entry with the export settings) is stored as JSON in the
-model's ``metadata_props`` under the key ``"lcam"``; an exported file is self-describing (class
-names, input size, head name, the classes the head trained on).
-
-Export needs the ``onnx`` package, running the exported file needs ``onnxruntime``
-(``pip install lcam[onnx]``). The classic TorchScript-based exporter (``dynamo=False``) is used,
-so ``onnxscript`` is not needed. Files are limited to 2 GB (protobuf's limit).
-"""
+"""The onnxruntime explainer that runs a file written by :func:`lcam.onnx.export_onnx`."""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import io
 import json
 import os
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lcam._io import atomic_write
-from lcam.api import explainer_metadata, load_explainer, resolve_device
+from lcam.api import resolve_device
 from lcam.explainers.base import Explainer, Targets, check_images, resolve_targets
-from lcam.explainers.learned import LearnedExplainer, TrainedClasses
+from lcam.explainers.learned import TrainedClasses
+from lcam.onnx.format import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, require_package
 
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = [
-    "METADATA_KEY",
-    "OnnxExplainer",
-    "OnnxModelInfo",
-    "export_onnx",
-    "load_onnx_explainer",
-    "main",
-]
-
-METADATA_KEY = "lcam"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("logits", "maps")
-_INSTALL_HINT = "pip install lcam[onnx]"
-
-
-def _require(module: str, purpose: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ImportError(
-            f"{purpose} needs the {module!r} package, which is not installed: {_INSTALL_HINT}"
-        ) from error
-
-
-class _ExportGraph(nn.Module):
-    """``images -> (logits, maps)``: the explainer's single pass as one traceable module."""
-
-    def __init__(self, explainer: LearnedExplainer) -> None:
-        super().__init__()
-        self.explainer = explainer
-
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        output, maps = self.explainer.class_maps(images)
-        return output.logits, self.explainer.activate(maps)
-
-
-def export_onnx(
-    explainer: LearnedExplainer,
-    path: str | Path,
-    *,
-    opset: int = 17,
-    image_size: int | None = None,
-) -> Path:
-    """Export ``explainer`` to an ONNX file at ``path`` (written atomically).
-
-    Args:
-        explainer: a (trained) one-pass explainer; exported on its current device and dtype
-            (float32 expected), in eval mode; its modules' train/eval modes are left as they were.
-        path: the ``.onnx`` file to write; its folder is created.
-        opset: ONNX opset version for the classic exporter.
-        image_size: side ``H = W`` of the square images the graph accepts; default: the
-            backbone's ``input_size``.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        ImportError: the ``onnx`` package is not installed.
-        TypeError: ``explainer`` is not a :class:`~lcam.explainers.learned.LearnedExplainer`.
-        ValueError: ``image_size`` is not a positive integer.
-    """
-    onnx = _require("onnx", "ONNX export")
-    if not isinstance(explainer, LearnedExplainer):
-        raise TypeError(
-            "only a LearnedExplainer (trained head) can be exported, got "
-            f"{type(explainer).__name__}"
-        )
-    size = explainer.backbone.input_size if image_size is None else image_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"image_size must be a positive int, got {size!r}")
-    path = Path(path)
-    # torch.onnx.export switches the wrapper to eval mode and afterwards calls .train(mode it had)
-    # on it, recursively: a fresh wrapper would leave a trained head (BatchNorm!) in training
-    # mode. Export in eval mode and give every module its own mode back.
-    modes = {module: module.training for module in explainer.modules()}
-    graph = _ExportGraph(explainer).eval()
-    # Batch 2, so that no batch size of 1 is baked into the graph; own generator: the global RNG
-    # state of the caller is not touched.
-    generator = torch.Generator().manual_seed(0)
-    example = torch.rand(2, 3, size, size, generator=generator).to(explainer.device)
-    buffer = io.BytesIO()
-    batch = {0: "batch"}
-    try:
-        with torch.no_grad():
-            feature_size = list(graph(example)[1].shape[-2:])
-        with warnings.catch_warnings():
-            # The TorchScript exporter is chosen on purpose (no onnxscript dependency).
-            for message in ("You are using the legacy TorchScript", "The feature will be removed"):
-                warnings.filterwarnings("ignore", message, DeprecationWarning)
-            torch.onnx.export(
-                graph,
-                (example,),
-                buffer,
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={name: batch for name in (INPUT_NAME, *OUTPUT_NAMES)},
-                do_constant_folding=True,
-            )
-    finally:
-        for module, training in modes.items():
-            module.training = training
-    model = onnx.load_from_string(buffer.getvalue())
-    metadata = explainer_metadata(explainer)
-    # The training counts travel with the file, so the exported explainer flags untrained classes.
-    metadata["class_examples"] = explainer.class_examples.tolist()
-    metadata["onnx"] = {
-        "image_size": size,
-        "feature_size": feature_size,
-        "opset": opset,
-        "input": INPUT_NAME,
-        "outputs": list(OUTPUT_NAMES),
-        "torch_version": torch.__version__,
-    }
-    del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
-    onnx.checker.check_model(model)
-    return atomic_write(path, lambda temporary: onnx.save_model(model, os.fspath(temporary)))
+__all__ = ["OnnxExplainer", "OnnxModelInfo", "load_onnx_explainer"]
 
 
 @dataclass(frozen=True)
@@ -376,7 +227,7 @@ def load_onnx_explainer(
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is not an lcam export, or the device cannot be used.
     """
-    ort = _require("onnxruntime", "Running an ONNX explainer")
+    ort = require_package("onnxruntime", "Running an ONNX explainer")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file {str(path)!r} does not exist")
@@ -392,34 +243,3 @@ def load_onnx_explainer(
         return OnnxExplainer(session)
     except ValueError as error:
         raise ValueError(f"{str(path)!r}: {error}") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lcam.onnx --checkpoint CKPT --output model.onnx``: export a trained head."""
-    parser = argparse.ArgumentParser(
-        prog="python -m lcam.onnx",
-        description="Export backbone + head as one ONNX graph (images -> logits, all-K maps).",
-    )
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint or explainer file")
-    parser.add_argument("--output", required=True, help="the .onnx file to write")
-    parser.add_argument("--image-size", type=int, default=None, help="default: the training size")
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument(
-        "--trust-model-code",
-        action="store_true",
-        help="build a backbone from any class path the checkpoint names (imports that module)",
-    )
-    args = parser.parse_args(argv)
-    trust = {"trust_model_code": True} if args.trust_model_code else {}
-    try:
-        explainer = load_explainer(args.checkpoint, device="cpu", **trust)
-        path = export_onnx(explainer, args.output, opset=args.opset, image_size=args.image_size)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -62,7 +62,7 @@ def main() -> None:
     rows = comparison.compute()
     print(f"{excluded} test image(s) excluded (explained for a class the head never trained on)")
     for row in rows:
-        print(json.dumps({key: value for key, value in row.items()}, default=float))
+        print(json.dumps(row, default=float))
     if args.out is not None:
         args.out.write_text(json.dumps({"excluded": excluded, "rows": rows}, default=float))
 

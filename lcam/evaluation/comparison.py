@@ -7,7 +7,14 @@ gallery of overlays and of misclassified images for the report
 (:func:`lcam.evaluation.report.write_report`).
 
 All accumulated numbers live in ``torchmetrics`` states reduced with ``"sum"``, so under DDP
-``compute()`` (called on every rank) gives the same rows as one process would. The gallery and
+``compute()`` (called on every rank) gives the same rows as one process would.
+
+A learned head explains a class no training image had with its initialisation, not an
+explanation (``Explanation.untrained``). Every metric is therefore kept in two parts, the images
+every method explains for a trained class and the others, so that besides the rows over all
+images (the two parts merged, :meth:`torchmetrics.Metric.merge_state`) the comparison also gives
+every method's rows on the trained-class images alone, the set where the head had something to
+learn, at no extra classifier pass. The gallery and
 the misclassified examples are kept per process (rank zero writes the report from its own).
 """
 
@@ -65,6 +72,15 @@ def boxes_to_object_masks(boxes: BoxesLike, size: tuple[int, int], device: torch
         entry = torch.as_tensor(entry, dtype=torch.float32, device=device).reshape(-1, 4)
         masks.append(boxes_to_masks(entry, size).any(dim=0))
     return torch.stack(masks)
+
+
+def _located(masks: Tensor | None, rows: Tensor | None = None) -> int:
+    """How many images (of the ``(B,)`` bool selection ``rows``) have a non-empty object mask
+    among ``(B, H, W)`` ``masks``."""
+    if masks is None:
+        return 0
+    has_object = masks.flatten(1).any(dim=1)
+    return int((has_object if rows is None else has_object & rows).sum())
 
 
 class MethodComparison(nn.Module):
@@ -175,10 +191,19 @@ class MethodComparison(nn.Module):
         )
         self.fractions = self.options.fractions
         self.costs = nn.ModuleDict({name: MethodCost() for name in explainers})
-        self.scores = nn.ModuleDict()
+        # Images and located images of the trained-class part (see the module docstring).
+        self.trained_cost = MethodCost()
+        self.scores = nn.ModuleDict()  # the trained-class part of every metric
+        self.untrained_scores = nn.ModuleDict()  # the images some method flags as untrained
         for name, explainer in explainers.items():
-            group = {s.name: s.build(backbone, explainer, self.options) for s in self.specs}
-            self.scores[name] = nn.ModuleDict(group)
+            self.scores[name] = self._metrics(explainer)
+            self.untrained_scores[name] = self._metrics(explainer)
+
+    def _metrics(self, explainer: Explainer) -> nn.ModuleDict:
+        """A fresh metric of every selected spec for ``explainer``."""
+        return nn.ModuleDict(
+            {spec.name: spec.build(self.backbone, explainer, self.options) for spec in self.specs}
+        )
 
     @property
     def device(self) -> torch.device:
@@ -227,21 +252,32 @@ class MethodComparison(nn.Module):
                 )
         if labels is not None:
             labels = torch.as_tensor(labels, device=images.device).long().reshape(batch)
-        located = int(masks.flatten(1).any(dim=1).sum()) if masks is not None else 0
+        located = _located(masks)
 
         # An untimed warm-up pass, so that the first method is not charged for cold caches or
         # allocations; its predictions also label the gallery.
         with torch.no_grad():
             predictions = self.backbone(images).argmax(dim=1)
-        results: dict[str, Explained] = {}
-        for name, explainer in self.explainers.items():
-            result = results[name] = explain_timed(explainer, images)
+        results: dict[str, Explained] = {
+            name: explain_timed(explainer, images) for name, explainer in self.explainers.items()
+        }
+        untrained = torch.zeros(batch, dtype=torch.bool, device=images.device)
+        for result in results.values():
+            untrained |= result.explanation.untrained.to(images.device)
+        trained = ~untrained
+        self.trained_cost.update(int(trained.sum()), 0.0, 0.0, 0.0, _located(masks, trained))
+        for name, result in results.items():
             explanation = result.explanation
             scored = Scored(
                 images, result.protocol_maps, explanation.maps, explanation.targets, masks
             )
-            for spec in self.specs:
-                spec.update(self.scores[name][spec.name], scored)
+            parts = ((self.scores, trained), (self.untrained_scores, untrained))
+            for part, rows in parts if bool(untrained.any()) else parts[:1]:
+                chosen = scored if bool(rows.all()) else scored.select(rows)
+                if chosen.images.shape[0] == 0:
+                    continue
+                for spec in self.specs:
+                    spec.update(part[name][spec.name], chosen)
             self.costs[name].update(
                 batch,
                 result.seconds,
@@ -282,18 +318,24 @@ class MethodComparison(nn.Module):
         return self.results()["rows"]
 
     def results(self) -> dict[str, Any]:
-        """``{"rows", "curves", "gallery", "misclassified"}``: the keyword arguments of
-        :func:`lcam.evaluation.report.write_report` apart from the run directory.
+        """``{"rows", "trained_rows", "curves", "gallery", "misclassified"}``: the keyword
+        arguments of :func:`lcam.evaluation.report.write_report` apart from the run directory.
 
-        ``curves`` is ``{method: {"fractions", "deletion", "insertion"}}`` (lists of floats: the
-        mean deletion/insertion curves over the images).
+        ``rows`` score all images. ``trained_rows`` score, for every method, only the images
+        that every method explained for a class it was trained on (see the module docstring);
+        their ``images`` count those, their passes and milliseconds are the method's over all
+        images, and they are empty unless some but not all images were excluded. ``curves`` is
+        ``{method: {"fractions", "deletion", "insertion"}}`` (lists of floats: the mean
+        deletion/insertion curves over all images).
         """
         rows: list[dict[str, Any]] = []
+        trained_rows: list[dict[str, Any]] = []
         curves: dict[str, dict[str, list[float]]] = {}
+        trained = {k: float(v) for k, v in self.trained_cost.compute().items()}
         with warnings.catch_warnings():
             # Metrics never updated (e.g. no masks seen) warn on compute; their value is unused.
             warnings.filterwarnings("ignore", message=r".*compute.*before.*update.*")
-            for name in self.explainers:
+            for name, explainer in self.explainers.items():
                 cost = {k: float(v) for k, v in self.costs[name].compute().items()}
                 row: dict[str, Any] = {
                     "method": name,
@@ -304,14 +346,22 @@ class MethodComparison(nn.Module):
                     # Images explained for a class the head never trained on (learned methods).
                     "untrained_images": int(cost["untrained"]),
                 }
+                trained_row = {**row, "images": int(trained["images"]), "untrained_images": 0}
                 for spec in self.specs:
-                    metric = self.scores[name][spec.name]
-                    row.update(row_values(spec, metric, cost["located"] > 0))
+                    part = self.scores[name][spec.name]
+                    merged = spec.build(self.backbone, explainer, self.options).to(part.device)
+                    merged.merge_state(part)
+                    merged.merge_state(self.untrained_scores[name][spec.name])
+                    row.update(row_values(spec, merged, cost["located"] > 0))
+                    trained_row.update(row_values(spec, part, trained["located"] > 0))
                     if spec.curves is not None:
-                        curves[name] = spec.curves(metric)
+                        curves[name] = spec.curves(merged)
                 rows.append(row)
+                trained_rows.append(trained_row)
+        images = rows[0]["images"]
         return {
             "rows": rows,
+            "trained_rows": trained_rows if 0 < trained["images"] < images else [],
             "curves": curves,
             "gallery": list(self.gallery),
             "misclassified": list(self.misclassified),

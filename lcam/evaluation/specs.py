@@ -105,6 +105,13 @@ class Scored:
     targets: Tensor
     masks: Tensor | None
 
+    def select(self, rows: Tensor) -> Scored:
+        """The images of the ``(B,)`` bool selection ``rows`` (every field indexed alike)."""
+        masks = None if self.masks is None else self.masks[rows]
+        return Scored(
+            self.images[rows], self.protocol_maps[rows], self.maps[rows], self.targets[rows], masks
+        )
+
 
 @dataclass(frozen=True)
 class MetricSpec:

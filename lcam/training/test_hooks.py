@@ -114,18 +114,20 @@ class TestTimeEvaluation:
         self, head: LearnedExplainer, trainer: Trainer, log: Callable[[str, float], None]
     ) -> None:
         """Compute the comparison on every process (a collective), ``log`` every numeric cell as
-        ``test/<method>/<column>``, then, on the first process, run the sanity check and write
-        the report (``report_dir``, default ``<default_root_dir>/comparison``)."""
+        ``test/<method>/<column>`` (the trained-class rows as ``test_trained/<method>/<column>``),
+        then, on the first process, run the sanity check and write the report (``report_dir``,
+        default ``<default_root_dir>/comparison``)."""
         if self.comparison is None:
             return
         results = self.comparison.results()
         units = None
         if self.units is not None and self.units.update_called:
             units = alignment_rows(self.units.compute(), None, head.backbone.class_names)
-        for row in results["rows"]:
-            for column, value in row.items():
-                if isinstance(value, int | float) and column != "images":
-                    log(f"test/{row['method']}/{column}", float(value))
+        for prefix, rows in (("test", results["rows"]), ("test_trained", results["trained_rows"])):
+            for row in rows:
+                for column, value in row.items():
+                    if isinstance(value, int | float) and column != "images":
+                        log(f"{prefix}/{row['method']}/{column}", float(value))
         if not trainer.is_global_zero:
             return
         sanity = None

@@ -77,6 +77,53 @@ def test_rows_count_the_images_explained_for_classes_the_head_never_trained_on(
     assert counts == {"lcam": expected, "gradcam": 0}
 
 
+def test_trained_rows_score_only_the_images_of_trained_classes_and_rows_still_all(
+    backbone,
+) -> None:
+    batch = _batch(12)
+    images, masks = batch["image"], batch["mask"]
+    explainer = lcam.build_explainer(backbone, "lcam_fm")
+    with torch.no_grad():
+        predicted = backbone(images).argmax(1)
+    trained = predicted == predicted[0]  # the head will know only the first image's class
+    assert 0 < int(trained[:8].sum()) < 8 and 0 < int(trained[8:].sum())
+    methods = {"lcam": explainer, "gradcam": lcam.get_explainer("gradcam", backbone)}
+    metrics = ["adic", "pointing_game", "energy_pointing_game"]
+    # The images the comparison below sees: 8, then the trained-class ones of the other 4.
+    seen = torch.cat([torch.arange(8), torch.arange(8, 12)[trained[8:]]])
+
+    # References, while the head's counts are unknown (nothing is flagged): each set of images
+    # scored in one batch.
+    expected = {}
+    for key, chosen in (("rows", seen), ("trained_rows", seen[trained[seen]])):
+        reference = MethodComparison(backbone, methods, metrics=metrics)
+        reference.update(images[chosen], masks=masks[chosen])
+        expected[key] = reference.compute()
+
+    explainer.count_training_labels(predicted[:1])
+    comparison = MethodComparison(backbone, methods, metrics=metrics)
+    # Two batches, the second with nothing flagged: both parts accumulate across batches.
+    with pytest.warns(lcam.explainers.UntrainedClassWarning):
+        comparison.update(images[:8], masks=masks[:8])
+    comparison.update(images[seen[8:]], masks=masks[seen[8:]])
+    results = comparison.results()
+
+    flagged = int((~trained[:8]).sum())
+    assert [row["images"] for row in results["trained_rows"]] == [len(seen) - flagged] * 2
+    assert [row["untrained_images"] for row in results["rows"]] == [flagged, 0]
+    for key in ("rows", "trained_rows"):
+        for got, want in zip(results[key], expected[key], strict=True):
+            for column in ("ad@100", "ic@50", "ad@15", "pointing_game", "energy_pointing_game"):
+                assert got[column] == pytest.approx(want[column], abs=1e-4), (key, column)
+    assert results["trained_rows"][0]["ad@15"] != pytest.approx(results["rows"][0]["ad@15"])
+
+
+def test_no_trained_rows_when_no_image_is_flagged(backbone, head) -> None:
+    comparison = MethodComparison(backbone, {"lcam": head}, metrics=["adic"])
+    comparison.update(_batch(4)["image"])
+    assert comparison.results()["trained_rows"] == []
+
+
 def test_rows_have_every_column_and_the_explainers_pass_counts(backbone, head) -> None:
     batch = _batch(2)
     methods = {

@@ -166,6 +166,26 @@ def test_minimal_report_and_missing_values(tmp_path) -> None:
     assert '<td class="best">0.25</td>' in page  # lower deletion AUC is better
 
 
+def test_trained_class_rows_get_their_own_table_and_a_rerun_without_them_drops_it(
+    tmp_path,
+) -> None:
+    rows = [{"method": "lcam", "images": 4, "untrained_images": 1, "ad@100": 40.0}]
+    trained = [{"method": "lcam", "images": 3, "untrained_images": 0, "ad@100": 20.0}]
+    paths = write_report(rows, tmp_path, trained_rows=trained)
+    with paths["trained_csv"].open(encoding="utf-8") as handle:
+        assert list(csv.DictReader(handle))[0]["ad@100"] == "20.0"
+    assert paths["trained_csv"].name == "comparison_trained_classes.csv"
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert markdown.index("40") < markdown.index("trained classes only") < markdown.index("20")
+    parser = PageParser()
+    parser.feed(paths["html"].read_text(encoding="utf-8"))
+    assert parser.rows["metrics"] == 1 and parser.rows["metrics-trained-classes"] == 1
+
+    again = write_report(rows, tmp_path)  # a run with nothing excluded, into the same folder
+    assert "trained_csv" not in again and not (tmp_path / "comparison_trained_classes.csv").exists()
+    assert "trained classes only" not in again["markdown"].read_text(encoding="utf-8")
+
+
 def test_png_data_uri_round_trips_arrays_and_tensors() -> None:
     array = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     assert np.array_equal(np.asarray(_decode_png(png_data_uri(array))), array)

@@ -25,11 +25,19 @@ from lcam.evaluation.report.wandb import log_to_wandb
 
 __all__ = ["column_order", "log_to_wandb", "png_data_uri", "write_report"]
 
+_TRAINED_HEADING = "Images of trained classes only"
+_TRAINED_NOTE = (
+    "The same methods, scored only on the images that every learned head explained for a class "
+    "it had training images of (a head's map of an untrained class is its initialisation, not "
+    "an explanation). Passes and milliseconds are over all images."
+)
+
 
 def write_report(
     rows: Rows,
     run_dir: str | Path,
     *,
+    trained_rows: Rows | None = None,
     curves: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
     gallery: Sequence[Mapping[str, Any]] | None = None,
     misclassified: Sequence[Mapping[str, Any]] | None = None,
@@ -46,6 +54,11 @@ def write_report(
     Args:
         rows: one dict per method (``MethodComparison.compute()``).
         run_dir: output folder (created if missing).
+        trained_rows: the same methods scored only on the images every method explained for a
+            class it was trained on (``MethodComparison.results()["trained_rows"]``); written to
+            ``comparison_trained_classes.csv``, to a second Markdown table and to a page section.
+            Without them a ``comparison_trained_classes.csv`` of an earlier run in ``run_dir`` is
+            removed, so that the folder never pairs this run's table with another run's subset.
         curves: ``{method: {"fractions", "deletion", "insertion"}}`` mean curves.
         gallery: examples ``{"image", "overlays": {method: image}, "prediction", "label", ...}``
             (images ``(H, W, 3)`` uint8 or float in [0, 1]).
@@ -58,18 +71,21 @@ def write_report(
         title: page title.
 
     Returns:
-        ``{"csv", "markdown", "html"}`` paths, plus ``"sanity_csv"`` / ``"unit_alignment_csv"``
-        when those rows are given.
+        ``{"csv", "markdown", "html"}`` paths, plus ``"trained_csv"``, ``"sanity_csv"`` /
+        ``"unit_alignment_csv"`` when those rows are given.
     """
     directory = Path(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     rows = [dict(row) for row in rows]
-    paths = {
-        "csv": write_csv(directory / "comparison.csv", rows),
-        "markdown": atomic_write_text(
-            directory / "comparison.md", f"# {title}\n\n" + markdown_table(rows)
-        ),
-    }
+    markdown = f"# {title}\n\n" + markdown_table(rows)
+    trained_csv = directory / "comparison_trained_classes.csv"
+    paths = {"csv": write_csv(directory / "comparison.csv", rows)}
+    if trained_rows:
+        paths["trained_csv"] = write_csv(trained_csv, trained_rows)
+        markdown += f"\n## {_TRAINED_HEADING}\n\n{_TRAINED_NOTE}\n\n" + markdown_table(trained_rows)
+    else:
+        trained_csv.unlink(missing_ok=True)
+    paths["markdown"] = atomic_write_text(directory / "comparison.md", markdown)
     if sanity:
         paths["sanity_csv"] = write_csv(directory / "sanity.csv", sanity)
     if unit_alignment:
@@ -87,6 +103,14 @@ def write_report(
         ),
         "<h2>Metrics</h2>",
         sections.metrics_section(rows),
+    ]
+    if trained_rows:
+        parts += [
+            f"<h2>{_TRAINED_HEADING}</h2>",
+            note(_TRAINED_NOTE),
+            sections.metrics_section(trained_rows, "metrics-trained-classes"),
+        ]
+    parts += [
         "<h2>Deletion and insertion curves</h2>",
         sections.curves_section(curves or {}),
         "<h2>Gallery</h2>",

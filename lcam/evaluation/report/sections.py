@@ -22,17 +22,17 @@ __all__ = [
 ]
 
 
-def metrics_section(rows: Rows) -> str:
-    """The headline table (``id="metrics"``: method, passes, time, AD/IC, in-mask energy,
-    pointing game, deletion/insertion AUC), then every column of ``comparison.csv`` in a folded
-    ``<details>`` (``id="metrics-all"``)."""
+def metrics_section(rows: Rows, table_id: str = "metrics") -> str:
+    """The headline table (``id=table_id``: method, passes, time, AD/IC, in-mask energy,
+    pointing game, deletion/insertion AUC), then every column of the rows in a folded
+    ``<details>`` (``id=table_id + "-all"``)."""
     columns = column_order(rows)
     headline = [column for column in columns if is_headline(column)]
     return (
-        html_table(rows, headline, mark_best=True, table_id="metrics")
+        html_table(rows, headline, mark_best=True, table_id=table_id)
         + f"\n<details><summary>All {len(columns)} columns (per-threshold ROAD, mask IoU, "
         'image count, ...)</summary>\n<div class="wide">'
-        + html_table(rows, columns, mark_best=True, table_id="metrics-all")
+        + html_table(rows, columns, mark_best=True, table_id=f"{table_id}-all")
         + "</div></details>"
     )
 

@@ -28,18 +28,22 @@ from lcam.evaluation.dissection import (
     channel_quantiles,
     unit_alignment,
 )
+from lcam.evaluation.protocol import LEARNED_MAPS, LearnedMaps, check_learned_maps
 from lcam.evaluation.report import log_to_wandb, write_report
 from lcam.evaluation.sanity import model_randomisation, randomisable_layers, spearman
 
 __all__ = [
     "ALL_METRICS",
     "DEFAULT_METRICS",
+    "LEARNED_MAPS",
+    "LearnedMaps",
     "MethodComparison",
     "MethodCost",
     "UnitAlignment",
     "alignment_rows",
     "boxes_to_object_masks",
     "channel_quantiles",
+    "check_learned_maps",
     "log_to_wandb",
     "model_randomisation",
     "randomisable_layers",

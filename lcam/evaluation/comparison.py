@@ -31,7 +31,7 @@ from torchmetrics import Metric
 from lcam.backbone import FrozenBackbone
 from lcam.evaluation.cost import MethodCost
 from lcam.evaluation.examples import ExampleKeeper
-from lcam.evaluation.protocol import Explained, explain_timed
+from lcam.evaluation.protocol import Explained, LearnedMaps, check_learned_maps, explain_timed
 from lcam.evaluation.specs import (
     ALL_METRICS,
     DEFAULT_METRICS,
@@ -93,8 +93,9 @@ class MethodComparison(nn.Module):
     - ``adic``: :class:`~lcam.metrics.AverageDropIncrease` at ``fractions``, on the raw maps of
       the same call (:mod:`lcam.evaluation.protocol`): a
       :class:`~lcam.explainers.LearnedExplainer` is scored on its **pre-sigmoid** logit map of
-      the explained class, as the L-CAM/TAME protocol does; other methods on their raw maps (the
-      protocol min-max normalises, then upsamples).
+      the explained class, as the L-CAM/TAME protocol does (``learned_maps="shown"``: on the map
+      it shows, e.g. the sigmoid attention); other methods on their raw maps (the protocol
+      min-max normalises, then upsamples).
     - ``road``: :class:`~lcam.metrics.ROAD` (MoRF and LeRF at ``road_fractions``).
     - ``deletion_insertion``: :class:`~lcam.metrics.DeletionInsertion` AUCs and mean curves.
     - ``pointing_game``, ``energy_pointing_game``, ``mask_iou``: when the batch has object masks
@@ -133,6 +134,8 @@ class MethodComparison(nn.Module):
         road_noise_std, seed: ROAD imputation noise and its seed.
         sensitivity_radius, sensitivity_samples: max-sensitivity settings.
         class_names: names of the classes for the gallery (default: the backbone's).
+        learned_maps: the AD/IC maps of learned heads, ``"logit"`` (the papers' pre-sigmoid
+            map) or ``"shown"`` (see :func:`~lcam.evaluation.protocol.explain_timed`).
     """
 
     def __init__(
@@ -156,8 +159,10 @@ class MethodComparison(nn.Module):
         sensitivity_radius: float = 0.02,
         sensitivity_samples: int = 10,
         class_names: Sequence[str] | None = None,
+        learned_maps: LearnedMaps = "logit",
     ) -> None:
         super().__init__()
+        self.learned_maps = check_learned_maps(learned_maps)
         if not explainers:
             raise ValueError("explainers must name at least one method")
         selected = tuple(DEFAULT_METRICS if metrics is None else metrics)
@@ -259,7 +264,8 @@ class MethodComparison(nn.Module):
         with torch.no_grad():
             predictions = self.backbone(images).argmax(dim=1)
         results: dict[str, Explained] = {
-            name: explain_timed(explainer, images) for name, explainer in self.explainers.items()
+            name: explain_timed(explainer, images, self.learned_maps)
+            for name, explainer in self.explainers.items()
         }
         untrained = torch.zeros(batch, dtype=torch.bool, device=images.device)
         for result in results.values():

@@ -21,6 +21,7 @@ from lcam.api import (
     explainer_metadata,
 )
 from lcam.backbone import FrozenBackbone
+from lcam.evaluation import LearnedMaps, check_learned_maps
 from lcam.maps import in_mask_energy, normalise_maps, upsample_maps
 from lcam.training.distillation import Distance, TeacherMaps, map_distance
 from lcam.training.global_batch import global_labels
@@ -92,6 +93,9 @@ class LCAMModule(LightningModule):
             AD/IC at 100/50/15 % as the test-time comparison scores the head, logged as
             ``val/ad_100`` ... ``val/ic_15`` for checkpoint selection (0: off; see
             :mod:`lcam.training.validation`).
+        faithfulness_maps: the maps those scores use, ``"logit"`` (the papers' pre-sigmoid map,
+            as the comparison's default) or ``"shown"`` (the sigmoid attention the head shows,
+            as ``comparison: {learned_maps: shown}``).
         masked_response_weight: weight of the amortized masked-response term (0: off): the
             head's pre-sigmoid map of each image's label is fitted to the frozen model's
             responses to random masks (see :class:`~lcam.training.masked_response.
@@ -142,6 +146,7 @@ class LCAMModule(LightningModule):
         unit_alignment: bool = True,
         report_dir: str | None = None,
         faithfulness_subset: int = 0,
+        faithfulness_maps: LearnedMaps = "logit",
         masked_response_weight: float = 0.0,
         masked_response_options: dict[str, Any] | None = None,
         kept_fraction_weight: float = 0.0,
@@ -186,6 +191,7 @@ class LCAMModule(LightningModule):
         self.masked_accuracy = torchmetrics.MeanMetric()
         self.map_area = torchmetrics.MeanMetric()
         self.in_mask_energy = torchmetrics.MeanMetric()
+        check_learned_maps(faithfulness_maps)
         self.faithfulness = (
             ValidationFaithfulness(frozen, faithfulness_subset) if faithfulness_subset else None
         )
@@ -273,9 +279,9 @@ class LCAMModule(LightningModule):
             self.in_mask_energy.update(in_mask_energy(maps, batch["mask"]))
             self.log(f"{stage}/in_mask_energy", self.in_mask_energy, prog_bar=True)
         if stage == "val" and self.faithfulness is not None:
-            self.faithfulness.update(
-                batch["image"], step["predicted_logit_maps"], batch.get("index")
-            )
+            shown = self.hparams.faithfulness_maps == "shown"
+            maps = step["predicted_maps"] if shown else step["predicted_logit_maps"]
+            self.faithfulness.update(batch["image"], maps, batch.get("index"))
         if stage == "val" and batch_idx == 0 and self._overlay_images is None:
             self._overlay_images = batch["image"][: self.hparams.num_overlays].detach()
 

@@ -4,7 +4,9 @@ With ``faithfulness_subset: n`` the validation loop also scores the head with th
 Average Drop / Increase in Confidence protocol (:class:`~lcam.metrics.AverageDropIncrease`, kept
 fractions 100 %, 50 %, 15 %) on the validation images of dataset index ``< n`` (the first ``n``
 images seen, when batches carry no ``index``), exactly as a ``test`` run's method comparison
-scores it: the **pre-sigmoid** logit map of the predicted class, min-max normalised, upsampled.
+scores it: the **pre-sigmoid** logit map of the predicted class, min-max normalised, upsampled
+(with ``faithfulness_maps: shown``, the map the head shows, as ``comparison: {learned_maps:
+shown}`` scores it).
 It logs ``val/ad_100``, ``val/ad_50``, ``val/ad_15``, ``val/ic_100``, ``val/ic_50``,
 ``val/ic_15`` (percentages), e.g. for ``ModelCheckpoint(monitor="val/ic_15", mode="max")``.
 
@@ -62,7 +64,8 @@ class ValidationFaithfulness(nn.Module):
 
         Args:
             images: ``(B, 3, H, W)`` in [0, 1].
-            logit_maps: ``(B, h, w)`` pre-sigmoid maps of each image's predicted class.
+            logit_maps: ``(B, h, w)`` maps of each image's predicted class, as the test run scores
+                them (pre-sigmoid, or the shown maps; see the module docstring).
             indices: ``(B,)`` dataset indices, or None (then the first ``subset`` images seen
                 this epoch form the subset).
         """

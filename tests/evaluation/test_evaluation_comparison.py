@@ -227,6 +227,31 @@ def test_head_adic_is_computed_on_the_pre_sigmoid_logit_map(backbone, head) -> N
         assert rows["gradcam"][key] == pytest.approx(float(value), abs=1e-4)
 
 
+def test_learned_maps_shown_scores_the_head_on_the_map_it_shows(backbone, head) -> None:
+    """The same single explanation, scored on ``sigmoid`` of the logit map (normalised, then
+    upsampled); the classic methods' rows do not change."""
+    images = _batch(4)["image"]
+    explainers = {"lcam": head, "gradcam": lcam.get_explainer("gradcam", backbone)}
+    rows = {}
+    for learned_maps in ("logit", "shown"):
+        comparison = MethodComparison(
+            backbone, explainers, metrics=("adic",), learned_maps=learned_maps
+        )
+        comparison.update(images)
+        rows[learned_maps] = {row["method"]: row for row in comparison.compute()}
+    logit_head = lcam.LearnedExplainer(backbone, head.head, map_activation="logit")
+    logit_maps, _, _ = logit_head.compute_maps(images, None)  # (B, h, w) raw logit maps
+    reference = AverageDropIncrease(backbone)
+    reference.update(images, logit_maps.sigmoid())
+    for key, value in reference.compute().items():
+        assert rows["shown"]["lcam"][key] == pytest.approx(float(value), abs=1e-4), key
+        assert rows["shown"]["gradcam"][key] == rows["logit"]["gradcam"][key], key
+    assert any(
+        abs(rows["shown"]["lcam"][key] - rows["logit"]["lcam"][key]) > 0.5
+        for key in reference.compute()
+    )
+
+
 def test_an_oracle_beats_noise_on_localisation_with_masks_or_boxes(backbone) -> None:
     batch = _batch(8)
     masks = batch["mask"]
@@ -338,6 +363,8 @@ def test_bad_options_are_refused(backbone) -> None:
         MethodComparison(backbone, {"grad.cam": gradcam})
     with pytest.raises(ValueError, match="at least one"):
         MethodComparison(backbone, {})
+    with pytest.raises(ValueError, match="learned_maps must be one of logit, shown, got 'sigmoid'"):
+        MethodComparison(backbone, {"gradcam": gradcam}, learned_maps="sigmoid")
 
 
 def test_the_comparison_adds_nothing_to_a_state_dict(backbone, head) -> None:

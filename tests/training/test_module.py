@@ -113,15 +113,19 @@ def test_the_eval_mode_warning_is_ignored_only_while_fit_starts() -> None:
     assert not eval_mode, [str(w.message) for w in eval_mode]
 
 
-def test_validation_faithfulness_equals_the_test_time_comparison() -> None:
-    """val/ad_* and val/ic_* of a trained head equal MethodComparison's AD/IC on those images."""
+@pytest.mark.parametrize("maps", ["logit", "shown"])
+def test_validation_faithfulness_equals_the_test_time_comparison(maps: str) -> None:
+    """val/ad_* and val/ic_* of a trained head equal MethodComparison's AD/IC on those images,
+    on the pre-sigmoid maps and on the shown ones alike."""
     data = SyntheticShapesDataModule(train_size=64, val_size=24, batch_size=8)
-    module = shapes_module(faithfulness_subset=12)
+    module = shapes_module(faithfulness_subset=12, faithfulness_maps=maps)
     quiet_trainer(max_steps=4, limit_val_batches=0).fit(module, datamodule=data)
     logged = quiet_trainer().validate(module, datamodule=data, verbose=False)[0]
     subset = data.dataset("val")
     images = torch.stack([subset[i]["image"] for i in range(12)])
-    comparison = MethodComparison(module.backbone, {"lcam": module.explainer}, metrics=["adic"])
+    comparison = MethodComparison(
+        module.backbone, {"lcam": module.explainer}, metrics=["adic"], learned_maps=maps
+    )
     comparison.update(images)
     row = comparison.results()["rows"][0]
     assert row["images"] == 12

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from lcam.explanation import Explanation
 __all__ = ["LEARNED_MAPS", "Explained", "LearnedMaps", "explain_timed", "check_learned_maps"]
 
 LearnedMaps = Literal["logit", "shown"]
-LEARNED_MAPS: tuple[str, ...] = ("logit", "shown")
+LEARNED_MAPS: tuple[str, ...] = get_args(LearnedMaps)
 
 
 def check_learned_maps(learned_maps: str) -> str:

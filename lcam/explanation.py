@@ -44,7 +44,8 @@ class Explanation:
             AD/IC protocol, which normalises before upsampling; ``None`` if not kept.
         untrained: ``(B,)`` bool, ``True`` where a learned head explains a class that was never
             the explained class of a training image: that class's map is the head's
-            initialisation, not something it learned. ``None`` given means no image is flagged
+            initialisation (``tame_shared``: the map all classes share), not something it
+            learned about that class. ``None`` given means no image is flagged
             (every non-learned method, and heads whose checkpoint records no training counts).
     """
 

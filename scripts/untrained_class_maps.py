@@ -5,13 +5,13 @@
 
 The quickstart backbone (``lcam.models.TinyResNet``, shipped weights, 64 px) and data
 (``lcam.data.SyntheticShapesDataModule``, seed 0). A head is trained (``LCAMModule``, dataset
-labels, Adam at a constant ``--lr``, default 1e-2 for L-CAM and 1e-3 for TAME, from
+labels, Adam at a constant ``--lr``, default 1e-2 for L-CAM and 1e-3 for the TAME heads, from
 ``torch.manual_seed(0)``) on the training
 images of the first ``--trained-classes`` classes only; the test images of the other classes are
 then explained for their dataset class in two ways:
 
 * ``own``: the class's own map, which training never touched (what ``LearnedExplainer`` shows,
-  flagged ``Explanation.untrained``);
+  flagged ``Explanation.untrained``; with ``--head tame_shared``, the map all classes share);
 * ``agnostic``: the trained classes' logit maps mixed by their share of the training images,
   ``sum_k n_k / sum_j n_j * S_k``, a class-agnostic substitute.
 
@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from lcam import LCAMModule
 from lcam.data import SyntheticShapesDataModule
 from lcam.explainers import UntrainedClassWarning
+from lcam.heads import HEADS
 from lcam.maps import normalise_maps, upsample_maps
 from lcam.metrics import EnergyPointingGame, PointingGame
 from lcam.models.tiny import SHAPES_WEIGHTS
@@ -51,7 +52,7 @@ def _scores(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--head", default="tame", choices=["tame", "lcam_fm", "lcam_img"])
+    parser.add_argument("--head", default="tame", choices=sorted(HEADS))
     parser.add_argument("--trained-classes", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=None)
@@ -64,7 +65,7 @@ def main() -> None:
     train = data.dataset("train")
     labels = torch.stack([train[i]["label"] for i in range(len(train))])
     kept = (labels < args.trained_classes).nonzero().flatten().tolist()
-    lr = args.lr if args.lr is not None else (1e-3 if args.head == "tame" else 1e-2)
+    lr = args.lr if args.lr is not None else (1e-3 if args.head.startswith("tame") else 1e-2)
     module = LCAMModule(
         backbone="lcam.models.TinyResNet",
         weights=str(SHAPES_WEIGHTS),

@@ -9,13 +9,14 @@ gallery of overlays and of misclassified images for the report
 All accumulated numbers live in ``torchmetrics`` states reduced with ``"sum"``, so under DDP
 ``compute()`` (called on every rank) gives the same rows as one process would.
 
-A learned head explains a class no training image had with its initialisation, not an
-explanation (``Explanation.untrained``). Every metric is therefore kept in two parts, the images
-every method explains for a trained class and the others, so that besides the rows over all
-images (the two parts merged, :meth:`torchmetrics.Metric.merge_state`) the comparison also gives
-every method's rows on the trained-class images alone, the set where the head had something to
-learn, at no extra classifier pass. The gallery and
-the misclassified examples are kept per process (rank zero writes the report from its own).
+A learned head explains a class no training image had with its initialisation (``tame_shared``: the
+map all classes share), not an explanation of that class (``Explanation.untrained``). Every metric
+is therefore kept in two parts, the images every method explains for a trained class and the
+others, so that besides the rows over all images (the two parts merged,
+:meth:`torchmetrics.Metric.merge_state`) the comparison also gives every method's rows on the
+trained-class images alone, the set where the head had something to learn, at no extra classifier
+pass. The gallery and the misclassified examples are kept per process (rank zero writes the report
+from its own).
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ class TrainedClasses:
             shown = [f"{c} ({names[c]})" if names else str(c) for c in classes]
             warnings.warn(
                 f"{self.name}: class(es) {', '.join(shown)} had no training example, so their "
-                f"maps are the head's initialisation, not explanations (Explanation.untrained "
+                f"maps do not explain them: they are the head's initialisation, or with "
+                f"tame_shared the map all classes share (Explanation.untrained "
                 f"marks the images; train on images of these classes). {int(counts.gt(0).sum())} "
                 f"of {len(counts)} classes were trained. This warning is shown once per explainer.",
                 UntrainedClassWarning,
@@ -71,7 +72,8 @@ class LearnedExplainer(TrainedClasses, Explainer):
     the head, counts them (summed over epochs and processes; training adds to it with
     :meth:`count_training_labels`). Where it is known (a nonzero sum), :meth:`explain` flags
     images whose class has a zero count (``Explanation.untrained``) and warns once: such a map is
-    the head's initialisation, however plausible it looks.
+    the head's initialisation (with ``tame_shared``, the map all classes share), however
+    plausible it looks.
 
     Args:
         backbone: the frozen classifier.

@@ -1,20 +1,21 @@
 """Learned attention heads (layer 2: imports only lcam.backbone, lcam.maps and lower).
 
 ``base`` (the head interface, 1x1-convolution attention), ``conv`` (L-CAM-Fm, L-CAM-Img),
-``tame`` (multi-layer fusion), ``registry`` (heads by name). ``lcam.heads.lcam`` is the old
-import path of ``base``/``conv``, kept for one release.
+``tame`` (multi-layer fusion, and its shared-map variant), ``registry`` (heads by name).
+``lcam.heads.lcam`` is the old import path of ``base``/``conv``, kept for one release.
 """
 
 from lcam.heads.base import LCAMHead
 from lcam.heads.conv import LCAMFmHead, LCAMImgHead
 from lcam.heads.registry import HEADS, build_head
-from lcam.heads.tame import TAMEHead, default_tame_layers
+from lcam.heads.tame import SharedTAMEHead, TAMEHead, default_tame_layers
 
 __all__ = [
     "HEADS",
     "LCAMFmHead",
     "LCAMHead",
     "LCAMImgHead",
+    "SharedTAMEHead",
     "TAMEHead",
     "build_head",
     "default_tame_layers",

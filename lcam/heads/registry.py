@@ -5,7 +5,7 @@ from __future__ import annotations
 from lcam.backbone import FrozenBackbone
 from lcam.heads.base import LCAMHead
 from lcam.heads.conv import LCAMFmHead, LCAMImgHead
-from lcam.heads.tame import TAMEHead
+from lcam.heads.tame import SharedTAMEHead, TAMEHead
 
 __all__ = ["HEADS", "build_head"]
 
@@ -13,14 +13,16 @@ HEADS: dict[str, type[LCAMHead]] = {
     "lcam_fm": LCAMFmHead,
     "lcam_img": LCAMImgHead,
     "tame": TAMEHead,
+    "tame_shared": SharedTAMEHead,
 }
 
 
 def build_head(name: str, backbone: FrozenBackbone) -> LCAMHead:
     """Instantiate the head registered as ``name``, sized for ``backbone``.
 
-    A multi-layer head (``tame``) given a single-layer backbone switches the backbone to its
-    default layers (the last three stages, see :meth:`FrozenBackbone.default_layers`).
+    A multi-layer head (``tame``, ``tame_shared``) given a single-layer backbone switches the
+    backbone to its default layers (the last three stages, see
+    :meth:`FrozenBackbone.default_layers`).
     """
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")

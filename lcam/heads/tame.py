@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from lcam.backbone import BackboneOutput, FrozenBackbone, default_layers
 from lcam.heads.conv import LCAMImgHead
 
-__all__ = ["TAMEHead", "default_tame_layers"]
+__all__ = ["SharedTAMEHead", "TAMEHead", "default_tame_layers"]
 
 
 def default_tame_layers(model: nn.Module, input_size: int | tuple[int, int] = 224) -> list[str]:
@@ -103,10 +103,11 @@ class TAMEHead(LCAMImgHead):
         own, coarser resolution (on ResNet-50 with K = 1000: 0.7 instead of 2.8 GMAC per image)
         and the ``sum C_i``-channel concatenation is never built.
         """
+        weight, bias = self.fuse_rows()
         return self._fuse(
             layers,
-            self.fuse.weight.flatten(1),
-            self.fuse.bias.view(1, -1, 1, 1),
+            weight,
+            bias.view(1, -1, 1, 1),
             lambda features, rows: F.conv2d(features, rows[:, :, None, None]),
         )
 
@@ -116,12 +117,21 @@ class TAMEHead(LCAMImgHead):
     def target_maps(self, output: BackboneOutput, targets: Tensor) -> Tensor:
         """Logit maps ``S[b, targets[b]]`` ``(B, h, w)``: each branch mixed down with its
         targets' rows of ``W_i`` only, then upsampled and summed as in :meth:`forward`."""
+        weight, bias = self.fuse_rows(targets)
         return self._fuse(
             output.layers,
-            self.fuse.weight.flatten(1)[targets],
-            self.fuse.bias[targets].view(-1, 1, 1, 1),
+            weight,
+            bias.view(-1, 1, 1, 1),
             lambda features, rows: torch.einsum("bchw,bc->bhw", features, rows)[:, None],
         )[:, 0]
+
+    def fuse_rows(self, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The fuse convolution's weight rows ``(N, sum C_i)`` and biases ``(N,)`` of
+        ``classes`` ``(N,)`` (all ``K`` classes when ``None``)."""
+        weight, bias = self.fuse.weight.flatten(1), self.fuse.bias
+        if classes is None:
+            return weight, bias
+        return weight[classes], bias[classes]
 
     def _fuse(
         self,
@@ -142,3 +152,31 @@ class TAMEHead(LCAMImgHead):
                 mixed = F.interpolate(mixed, size=size, mode="bilinear", align_corners=False)
             maps = maps + mixed
         return maps
+
+
+class SharedTAMEHead(TAMEHead):
+    r"""TAME whose class maps share one learned map: fuse rows ``W_k = W_0 + D_k``.
+
+    The same function class as :class:`TAMEHead` (any ``W_k`` is ``W_0 + (W_k - W_0)``), another
+    parametrisation: the shared row ``W_0`` (and bias ``b_0``) is learned from the images of every
+    class, and each class adds its own ``D_k``, ``d_k``, which start at zero. A class the head never
+    trains on gets no gradient, so its map stays exactly the shared map
+    ``S_0 = b_0 + \sum_i \mathrm{up}(W_{0,i} G_i)``: where the frozen model's evidence for the
+    trained classes lies, not an explanation of that class (such images are still flagged
+    ``Explanation.untrained``). Classes with few training images start from the shared map
+    instead of from a random one. ``initial_bias`` goes to ``b_0``.
+    """
+
+    def __init__(
+        self, layer_channels: Sequence[int], num_classes: int, initial_bias: float | None = 1.0
+    ) -> None:
+        super().__init__(layer_channels, num_classes, initial_bias=None)
+        self.shared = nn.Conv2d(sum(layer_channels), 1, kernel_size=1)
+        nn.init.zeros_(self.fuse.weight)
+        nn.init.zeros_(self.fuse.bias)
+        if initial_bias is not None:
+            nn.init.constant_(self.shared.bias, initial_bias)
+
+    def fuse_rows(self, classes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        weight, bias = super().fuse_rows(classes)
+        return weight + self.shared.weight.flatten(1), bias + self.shared.bias

@@ -57,8 +57,9 @@ class LCAMModule(LightningModule):
         input_size: training image side (or ``[H, W]``), also stored for inference (default:
             the model's own, see FrozenBackbone).
         token_weighting: vision transformers: weight patch tokens by the class token (T-TAME).
-        head: ``"lcam_fm"``, ``"lcam_img"`` or ``"tame"`` (multi-layer; with ``target_layer``
-            unset it uses VGG pool3/4/5 or ResNet layer2/3/4).
+        head: ``"lcam_fm"``, ``"lcam_img"``, ``"tame"`` (multi-layer; with ``target_layer``
+            unset it uses VGG pool3/4/5 or ResNet layer2/3/4) or ``"tame_shared"`` (TAME whose
+            class maps share one learned map, see :class:`~lcam.heads.SharedTAMEHead`).
         labels: train on the frozen model's ``"predicted"`` classes (papers) or the
             ``"dataset"`` labels.
         map_selection: maps the regularisers see: ``"batch"`` (official code: every image's maps

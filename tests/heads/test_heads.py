@@ -5,10 +5,10 @@ import torch
 from helpers import tiny_backbone
 
 import lcam
-from lcam.heads import LCAMFmHead, LCAMImgHead, build_head
+from lcam.heads import HEADS, LCAMFmHead, LCAMImgHead, build_head
 
 
-@pytest.mark.parametrize("head_name", ["lcam_fm", "lcam_img", "tame"])
+@pytest.mark.parametrize("head_name", sorted(HEADS))
 def test_all_ones_map_reproduces_the_backbone_logits(head_name: str) -> None:
     backbone = tiny_backbone()
     head = build_head(head_name, backbone)

@@ -17,7 +17,7 @@ def _explainer(head: str = "lcam_fm") -> lcam.LearnedExplainer:
     )
     torch.manual_seed(0)
     explainer = lcam.build_explainer(backbone, head=head)
-    mixing = explainer.head.fuse if head == "tame" else explainer.head.conv
+    mixing = explainer.head.fuse if head.startswith("tame") else explainer.head.conv
     torch.nn.init.normal_(mixing.weight, std=mixing.in_channels**-0.5)
     return explainer
 
@@ -46,7 +46,7 @@ def test_channels_last_maps_agree_with_float32() -> None:
     torch.testing.assert_close(maps, reference, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("head", ["lcam_fm", "tame"])
+@pytest.mark.parametrize("head", ["lcam_fm", "tame", "tame_shared"])
 def test_all_class_maps_equal_separate_single_class_calls(head: str) -> None:
     # explain() computes the explained class's map alone; class_maps() all K at once.
     explainer, images = _explainer(head), _images(4)

@@ -6,8 +6,8 @@ import torchvision
 from helpers import quiet_trainer, shapes_module
 
 import lcam
-from lcam.data import SyntheticShapesDataModule
-from lcam.heads import TAMEHead, default_tame_layers
+from lcam.data import SyntheticShapes, SyntheticShapesDataModule
+from lcam.heads import SharedTAMEHead, TAMEHead, default_tame_layers
 from lcam.maps import in_mask_energy
 from lcam.training import LCAMModule
 
@@ -136,3 +136,43 @@ def test_mixed_precision_training_runs_for_tame() -> None:
     module = _train("tame", data, max_steps=3, precision="bf16-mixed")
     images = data.dataset("val")[0]["image"][None]
     assert torch.isfinite(module.explainer.explain(images).maps).all()
+
+
+def test_shared_head_is_tame_reparametrised() -> None:
+    torch.manual_seed(0)
+    shared = SharedTAMEHead([4, 6], num_classes=3).eval()
+    torch.nn.init.normal_(shared.fuse.weight)
+    torch.nn.init.normal_(shared.fuse.bias)
+    plain = TAMEHead([4, 6], num_classes=3).eval()
+    plain.branches.load_state_dict(shared.branches.state_dict())
+    with torch.no_grad():  # W_k = W_0 + D_k, b_k = b_0 + d_k
+        plain.fuse.weight.copy_(shared.fuse.weight + shared.shared.weight)
+        plain.fuse.bias.copy_(shared.fuse.bias + shared.shared.bias)
+    layers = [torch.randn(2, 4, 4, 4), torch.randn(2, 6, 2, 2)]
+    torch.testing.assert_close(shared(layers), plain(layers), rtol=0, atol=1e-5)
+
+
+def test_shared_head_gives_untrained_classes_the_learned_shared_map() -> None:
+    # Trained on dataset labels 0-2 only: classes 3-5 get no gradient, so their maps must be the
+    # shared map exactly (D_k = 0), and the shared map must have been learned from the others.
+    shapes = SyntheticShapes(96, seed=0)
+    kept = [i for i in range(len(shapes)) if int(shapes[i]["label"]) < 3]
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(shapes, kept), batch_size=16, shuffle=True
+    )
+    torch.manual_seed(0)
+    module = shapes_module("tame_shared", lr=1e-2, labels="dataset")
+    initial = module.explainer.head.shared.weight.detach().clone()
+    quiet_trainer(max_steps=4, limit_val_batches=0).fit(module, train_dataloaders=loader)
+    explainer = module.explainer.eval()
+    assert (explainer.class_examples > 0).tolist() == [True] * 3 + [False] * 3
+    head = explainer.head
+    assert not torch.equal(head.shared.weight, initial)
+    images = torch.stack([shapes[i]["image"] for i in range(8)])
+    with torch.no_grad():
+        _, class_maps = explainer.class_maps(images)
+    for untrained in (4, 5):
+        torch.testing.assert_close(class_maps[:, untrained], class_maps[:, 3], rtol=0, atol=0)
+    for trained in range(3):
+        assert (class_maps[:, trained] - class_maps[:, 3]).abs().amax() > 1e-3
+    assert explainer.explain(images, [3] * 8).untrained.all()

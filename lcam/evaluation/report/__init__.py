@@ -28,8 +28,9 @@ __all__ = ["column_order", "log_to_wandb", "png_data_uri", "write_report"]
 _TRAINED_HEADING = "Images of trained classes only"
 _TRAINED_NOTE = (
     "The same methods, scored only on the images that every learned head explained for a class "
-    "it had training images of (a head's map of an untrained class is its initialisation, not "
-    "an explanation). Passes and milliseconds are over all images."
+    "it had training images of (a head's map of an untrained class is its initialisation, or "
+    "the map all classes share, not an explanation of that class). Passes and milliseconds are "
+    "over all images."
 )
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 import lcam
 from lcam.cli import main as cli_main
+from lcam.heads import HEADS
 from lcam.models.tiny import SHAPES_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ def test_every_config_parses_and_prints(config, capsys) -> None:
         cli_main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["head"] in ("lcam_fm", "lcam_img", "tame")
+    assert printed["model"]["head"] in HEADS
     assert printed["trainer"]["accelerator"] == "auto"
 
 

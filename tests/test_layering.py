@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lcam"
 
 # Lowest layer first; a module may import from its own layer or a lower one.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("lcam._io", "lcam.maps", "lcam.viz", "lcam.explanation"),
+    ("lcam._io", "lcam.images", "lcam.maps", "lcam.viz", "lcam.explanation"),
     ("lcam.backbone", "lcam.models", "lcam.data"),
     ("lcam.heads",),
     ("lcam.explainers", "lcam.api", "lcam.onnx"),

@@ -5,26 +5,47 @@ from __future__ import annotations
 
 import json
 import posixpath
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import datasets, transforms
 
 from lcam.data.loaders import ResumableLoader, SeededSampler
 from lcam.data.synthetic import SHAPE_NAMES, SyntheticShapes
+from lcam.images import UnreadableImageError, open_rgb
 from lcam.maps import boxes_to_masks
 
-__all__ = ["ImageFolderDataModule", "SyntheticShapesDataModule"]
+__all__ = ["ImageFolderDataModule", "SyntheticShapesDataModule", "collate_readable"]
+
+
+def collate_readable(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Collate dataset items, skipping (with a warning naming the file) those whose image file is
+    unreadable (items ``{"unreadable": reason}``): the batch holds the readable ones only.
+
+    Raises:
+        RuntimeError: when no image of the batch is readable (an empty batch cannot be trained
+            or scored, and under DDP the other processes would wait for this one).
+    """
+    readable = [item for item in items if "unreadable" not in item]
+    for item in items:
+        if "unreadable" in item:
+            warnings.warn(f"skipping an image file: {item['unreadable']}", stacklevel=2)
+    if not readable:
+        reasons = "; ".join(item["unreadable"] for item in items[:3])
+        raise RuntimeError(f"no image of a batch of {len(items)} is readable: {reasons}")
+    return default_collate(readable)
 
 
 class _DictDataset(Dataset):
-    """Turns ``(image, label)`` pairs into ``{"image", "label"}`` dicts."""
+    """Turns ``(image, label)`` pairs into ``{"image", "label", "index"}`` dicts, and an
+    unreadable image file into ``{"unreadable": reason}`` (see :func:`collate_readable`)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -33,7 +54,10 @@ class _DictDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.dataset[index]
+        try:
+            image, label = self.dataset[index]
+        except UnreadableImageError as error:
+            return {"unreadable": str(error)}
         return {
             "image": image,
             "label": torch.tensor(label, dtype=torch.long),
@@ -90,8 +114,9 @@ class _EvalFolderDataset(Dataset):
     """An ImageFolder split restricted to a list of images, with object masks from side data.
 
     Items are ``{"image", "label", "index"}`` plus ``"mask"`` (bool ``(S, S)``) when a mask
-    source is given. The mask gets the image's geometry: the eval transform's resize and centre
-    crop with nearest-neighbour interpolation.
+    source is given, or ``{"unreadable": reason}`` for an unreadable image file. The mask gets
+    the image's geometry: the eval transform's resize and centre crop with nearest-neighbour
+    interpolation.
     """
 
     def __init__(
@@ -152,7 +177,10 @@ class _EvalFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.samples[index]
-        image = _rgb_loader(str(path))
+        try:
+            image = open_rgb(path)
+        except UnreadableImageError as error:
+            return {"unreadable": str(error)}
         item = {
             "image": self.transform(image),
             "label": torch.tensor(label, dtype=torch.long),
@@ -194,6 +222,7 @@ class _LoaderMixin:
             "num_workers": self.num_workers,
             "pin_memory": pin,
             "persistent_workers": self.num_workers > 0,
+            "collate_fn": collate_readable,
         }
 
 
@@ -202,7 +231,10 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
 
     Train: Resize(``resize_size``), RandomCrop(``image_size``), horizontal flip (or, with
     ``train_augment=False``, the eval transform). Eval: Resize(``resize_size``),
-    CenterCrop(``image_size``). No normalisation: the backbone does it.
+    CenterCrop(``image_size``). No normalisation: the backbone does it. Files are decoded as
+    ``infer.py`` decodes them (:func:`lcam.images.open_rgb`: EXIF rotation, 16-bit scaled by the
+    format's range, transparency on black); files with other extensions are ignored (torchvision's
+    ``ImageFolder``), and an image file that cannot be read is skipped with a warning naming it.
 
     Args:
         train_dir, val_dir, test_dir: class-per-subfolder roots (``test_dir`` defaults to val).
@@ -270,7 +302,7 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
             raise ValueError(f"data.{role}_dir is not set")
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"data.{role}_dir {directory!r} is not a folder")
-        folder = datasets.ImageFolder(directory, transform=transform, loader=_rgb_loader)
+        folder = datasets.ImageFolder(directory, transform=transform, loader=open_rgb)
         self.class_names = list(folder.classes)
         image_list = read_image_list(self.test_list) if role == "test" and self.test_list else None
         side_data = self.masks_dir is not None or self.boxes_file is not None
@@ -291,11 +323,6 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self._folder(self.test_dir, self.eval_transform, "test"), shuffle=False)
-
-
-def _rgb_loader(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 class SyntheticShapesDataModule(_LoaderMixin, LightningDataModule):

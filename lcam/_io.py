@@ -1,6 +1,6 @@
 """File helpers every layer may use: durable atomic writes, JSON lines, data-only loading.
 
-An output is written to a hidden temporary file beside its destination, flushed to disk
+An output is written to a hidden temporary file of its own beside its destination, flushed to disk
 (``fsync``), renamed over the destination (``os.replace``, atomic on POSIX) and the folder entry
 is flushed too, so a reader sees the old file or the whole new one, even after a power loss.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
+    # A name of its own per call: two writers of one destination (two runs sharing an output
+    # folder, two threads) must not write into, or delete, each other's temporary file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         write(temporary)
         with temporary.open("rb+") as handle:

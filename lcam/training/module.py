@@ -11,6 +11,7 @@ import torch
 import torchmetrics
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 from lcam.api import (
@@ -28,7 +29,7 @@ from lcam.training.global_batch import global_labels
 from lcam.training.kept_fraction import KeptFractionLoss
 from lcam.training.losses import LCAMLoss, MapSelection
 from lcam.training.masked_response import MaskedResponseLoss
-from lcam.training.overlays import log_overlay_grid, overlay_grid
+from lcam.training.overlays import log_overlay_grid, overlay_grid, overlay_path
 from lcam.training.recipe import configure_head_optimizer, paper_optimizer, paper_scheduler
 from lcam.training.test_hooks import EVALUATION_ARGUMENTS, TestTimeEvaluation
 from lcam.training.validation import ValidationFaithfulness
@@ -317,7 +318,9 @@ class LCAMModule(LightningModule):
         path = None
         if self.trainer.is_global_zero:
             directory = Path(self.trainer.default_root_dir) / "overlays"
-            path = directory / f"epoch_{self.current_epoch:03d}.png"
+            path = overlay_path(
+                directory, self.current_epoch, fitting=self.trainer.state.fn == TrainerFn.FITTING
+            )
         log_overlay_grid(grid, path, self.loggers, self.global_step)
 
     def on_fit_start(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from lcam._io import atomic_write
 from lcam.explainers import Explainer
 from lcam.viz import overlay, to_uint8
 
-__all__ = ["log_overlay_grid", "overlay_grid"]
+__all__ = ["log_overlay_grid", "overlay_grid", "overlay_path"]
 
 
 def overlay_grid(explainer: Explainer, images: Tensor) -> np.ndarray:
@@ -25,6 +26,16 @@ def overlay_grid(explainer: Explainer, images: Tensor) -> np.ndarray:
         explanation = explainer.explain(images)
     pairs = torch.stack([images, overlay(images, explanation.maps)], dim=1).flatten(0, 1)
     return to_uint8(torchvision.utils.make_grid(pairs, nrow=2, padding=2)).numpy()
+
+
+def overlay_path(directory: Path, epoch: int, fitting: bool) -> Path:
+    """Where a validation loop's grid goes: ``epoch_NNN.png`` while fitting; for a standalone
+    ``validate`` run the first free ``validate_NNN.png``, so that it never replaces the grids the
+    training run wrote (it would otherwise write ``epoch_000.png`` over the first epoch's)."""
+    if fitting:
+        return directory / f"epoch_{epoch:03d}.png"
+    names = (directory / f"validate_{number:03d}.png" for number in itertools.count())
+    return next(path for path in names if not path.exists())
 
 
 def log_overlay_grid(grid: np.ndarray, path: Path | None, loggers: list[Logger], step: int) -> None:

@@ -75,7 +75,8 @@ def _small_quickstart(tmp_path: Path, name: str = "quickstart.yaml") -> Path:
 
 def test_fit_logs_offline_and_writes_a_loadable_checkpoint(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cli_main(["fit", "--config", str(_small_quickstart(tmp_path))])
+    config = _small_quickstart(tmp_path)
+    cli_main(["fit", "--config", str(config)])
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     raw = torch.load(checkpoint, weights_only=True)  # a training checkpoint is plain data
     assert raw["lcam"]["backbone"]["model"] == "lcam.models.TinyResNet"
@@ -85,6 +86,14 @@ def test_fit_logs_offline_and_writes_a_loadable_checkpoint(tmp_path, monkeypatch
 
     overlay = np.asarray(Image.open(tmp_path / "overlays" / "epoch_000.png"))
     assert overlay.ndim == 3 and overlay.std() > 10  # a real picture, not a black square
+    # Validating the checkpoint later never replaces the grids the training run wrote.
+    trained_grid = tmp_path / "overlays" / "epoch_000.png"
+    written = (trained_grid.stat().st_ino, trained_grid.stat().st_mtime_ns)
+    for _ in range(2):
+        cli_main(["validate", "--config", str(config), "--ckpt_path", str(checkpoint)])
+    assert (trained_grid.stat().st_ino, trained_grid.stat().st_mtime_ns) == written  # untouched
+    grids = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    assert grids == ["epoch_000.png", "validate_000.png", "validate_001.png"]
     wandb_images = list(tmp_path.glob("wandb/offline-run-*/files/media/images/**/*.png"))
     assert wandb_images and np.asarray(Image.open(wandb_images[0])).max() > 50
     metrics = (next(tmp_path.glob("csv/version_*")) / "metrics.csv").read_text()

@@ -41,7 +41,7 @@ from lcam.evaluation.specs import (
     Scored,
     row_values,
 )
-from lcam.explainers import Explainer
+from lcam.explainers import Explainer, LearnedExplainer
 from lcam.explainers.base import check_images
 from lcam.maps import boxes_to_masks
 
@@ -372,7 +372,29 @@ class MethodComparison(nn.Module):
             "curves": curves,
             "gallery": list(self.gallery),
             "misclassified": list(self.misclassified),
+            "notes": self.map_notes(),
         }
+
+    def map_notes(self) -> list[str]:
+        """One sentence per learned head whose row scores two different maps of it.
+
+        With ``learned_maps="logit"`` its AD/IC score the pre-sigmoid map while every metric
+        of the explanation's own maps scores the sigmoid map it shows, so no single map of the
+        head has that row's figures (README, *Evaluation*)."""
+        if self.learned_maps != "logit":
+            return []
+        raw = [spec.name for spec in self.specs if spec.maps == "protocol"]
+        shown = [spec.name for spec in self.specs if spec.maps != "protocol"]
+        if not raw or not shown:
+            return []
+        return [
+            f"{name}: {', '.join(raw)} score its pre-sigmoid map (the papers' protocol) and "
+            f"{', '.join(shown)} the {explainer.map_activation} map it shows, so no single map "
+            f"of it has this row's figures; comparison option learned_maps: shown scores every "
+            f"column on the shown map."
+            for name, explainer in self.explainers.items()
+            if isinstance(explainer, LearnedExplainer) and explainer.map_activation != "logit"
+        ]
 
     def reset(self) -> None:
         """Clear every state, the gallery and the misclassified examples."""

@@ -289,3 +289,29 @@ def test_headline_table_first_and_every_column_folded_below(results, tmp_path) -
     assert {"road_morf@10", "mask_iou", "images", "max_sensitivity"} <= set(csv_columns)
     assert parser.folded["metrics-all"]
     assert parser.order.index("metrics") < parser.order.index("metrics-all")
+
+
+def test_a_learned_rows_two_maps_are_named_under_the_table(results, tmp_path) -> None:
+    """By default a head's AD/IC score its pre-sigmoid map and its other columns the sigmoid map
+    it shows: the Markdown and the page say so, for that head only."""
+    assert len(results["notes"]) == 1
+    (note,) = results["notes"]
+    assert note.startswith("lcam: adic score its pre-sigmoid map")
+    assert "deletion_insertion, pointing_game the sigmoid map it shows" in note
+    paths = write_report(results["rows"], tmp_path, notes=results["notes"])
+    assert f"Note: {note}" in paths["markdown"].read_text(encoding="utf-8")
+    assert "learned_maps: shown scores every column" in paths["html"].read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("change", ["shown", "logit_head"])
+def test_a_row_on_one_map_has_no_note(change) -> None:
+    backbone = lcam.FrozenBackbone(
+        "lcam.models.TinyResNet", num_classes=6, weights=str(SHAPES_WEIGHTS), input_size=64
+    )
+    activation = "logit" if change == "logit_head" else "sigmoid"
+    head = lcam.build_explainer(backbone, map_activation=activation)
+    learned_maps = "shown" if change == "shown" else "logit"
+    comparison = MethodComparison(
+        backbone, {"lcam": head}, metrics=("adic", "pointing_game"), learned_maps=learned_maps
+    )
+    assert comparison.map_notes() == []

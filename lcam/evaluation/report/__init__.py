@@ -44,6 +44,7 @@ def write_report(
     misclassified: Sequence[Mapping[str, Any]] | None = None,
     unit_alignment: Rows | None = None,
     sanity: Rows | None = None,
+    notes: Sequence[str] = (),
     title: str = "lcam method comparison",
 ) -> dict[str, Path]:
     """Write ``comparison.csv``, ``comparison.md`` and a self-contained ``report.html``.
@@ -69,6 +70,8 @@ def write_report(
             ``unit_alignment.csv``.
         sanity: rows of :func:`lcam.evaluation.sanity.model_randomisation` (``mode``, ``step``,
             ``layer``, ``method``, ``spearman``, ...); also written to ``sanity.csv``.
+        notes: sentences printed under the metrics table, in the Markdown and on the page
+            (``MethodComparison.results()["notes"]``: which maps a learned head's row scores).
         title: page title.
 
     Returns:
@@ -79,6 +82,7 @@ def write_report(
     directory.mkdir(parents=True, exist_ok=True)
     rows = [dict(row) for row in rows]
     markdown = f"# {title}\n\n" + markdown_table(rows)
+    markdown += "".join(f"\nNote: {line}\n" for line in notes)
     trained_csv = directory / "comparison_trained_classes.csv"
     paths = {"csv": write_csv(directory / "comparison.csv", rows)}
     if trained_rows:
@@ -104,6 +108,7 @@ def write_report(
         ),
         "<h2>Metrics</h2>",
         sections.metrics_section(rows),
+        *(note(escape(line)) for line in notes),
     ]
     if trained_rows:
         parts += [

@@ -22,7 +22,7 @@ from lcam.data import SyntheticShapesDataModule  # noqa: E402
 from lcam.maps import in_mask_energy  # noqa: E402
 from lcam.metrics import AverageDropIncrease  # noqa: E402
 from lcam.models.tiny import SHAPES_WEIGHTS  # noqa: E402
-from lcam.module import LCAMModule  # noqa: E402
+from lcam.training import LCAMModule  # noqa: E402
 
 # Each head at its recipe's rate: TAME's published learning rates are 10x below L-CAM's.
 LEARNING_RATES = {"lcam_fm": 1e-2, "lcam_img": 1e-2, "tame": 1e-3}

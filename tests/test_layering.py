@@ -30,12 +30,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # nothing inside lcam may import them.
 COMPAT = frozenset(
     {
-        "lcam.module",
-        "lcam.losses",
-        "lcam.distillation",
-        "lcam.predict",
-        "lcam.localisation",
-        "lcam.export",
         "lcam.heads.lcam",
         "lcam.explainers.activation_max",
     }

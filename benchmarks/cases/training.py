@@ -18,7 +18,7 @@ def setup(spec: ModelSpec, method: str) -> tuple[FrozenBackbone, Any]:
     timed on it)."""
     import torch
 
-    from lcam.module import LCAMModule
+    from lcam.training import LCAMModule
 
     torch.manual_seed(0)
     module = LCAMModule(

@@ -7,7 +7,7 @@
 - :mod:`~lcam.training.recipe`: optimizer, schedule and parameter groups (the papers' recipe).
 - :mod:`~lcam.training.validation`: AD/IC on a fixed validation subset, for model selection.
 - :mod:`~lcam.training.overlays`: the validation overlay grid.
-- :mod:`~lcam.training.test_hooks`: the method comparison, sanity check and report of ``test``.
+- :mod:`~lcam.training.evaluation_run`: the method comparison, sanity check and report of ``test``.
 - :mod:`~lcam.training.masked_response`: the amortized masked-response objective.
 - :mod:`~lcam.training.kept_fraction`: the class must survive the map's top 100/50/15 % alone.
 """

@@ -25,13 +25,13 @@ from lcam.backbone import FrozenBackbone
 from lcam.evaluation import LearnedMaps, check_learned_maps
 from lcam.maps import in_mask_energy, normalise_maps, upsample_maps
 from lcam.training.distillation import Distance, TeacherMaps, map_distance
+from lcam.training.evaluation_run import EVALUATION_ARGUMENTS, TestTimeEvaluation
 from lcam.training.global_batch import global_labels
 from lcam.training.kept_fraction import KeptFractionLoss
 from lcam.training.losses import LCAMLoss, MapSelection
 from lcam.training.masked_response import MaskedResponseLoss
 from lcam.training.overlays import log_overlay_grid, overlay_grid, overlay_path
 from lcam.training.recipe import configure_head_optimizer, paper_optimizer, paper_scheduler
-from lcam.training.test_hooks import EVALUATION_ARGUMENTS, TestTimeEvaluation
 from lcam.training.validation import ValidationFaithfulness
 
 __all__ = ["LCAMModule", "paper_optimizer", "paper_scheduler"]

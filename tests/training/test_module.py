@@ -76,21 +76,11 @@ def test_dataset_labels_option_uses_the_batch_labels() -> None:
     assert not torch.isclose(ce_with_dataset_labels, ce_with_predictions)
 
 
-def test_old_import_paths_re_export_the_training_package() -> None:
-    import lcam.distillation
-    import lcam.losses
-    import lcam.module
-
-    assert lcam.module.LCAMModule is LCAMModule
-    assert lcam.module.paper_optimizer is lcam.training.paper_optimizer
-    assert lcam.losses.LCAMLoss is lcam.training.LCAMLoss
-    assert lcam.distillation.TeacherMaps is lcam.training.TeacherMaps
-
-
 def test_importing_the_training_code_leaves_the_warning_filters_alone() -> None:
     code = (
-        "import warnings; before = list(warnings.filters); import lcam.training, lcam.module, "
-        "lcam.cli; print([f[1].pattern for f in warnings.filters if f not in before and f[1]])"
+        "import warnings; before = list(warnings.filters); import lcam.training, "
+        "lcam.training.module, lcam.cli; "
+        "print([f[1].pattern for f in warnings.filters if f not in before and f[1]])"
     )
     added = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

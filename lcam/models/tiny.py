@@ -20,7 +20,7 @@ __all__ = ["SHAPES_WEIGHTS", "BasicBlock", "TinyResNet"]
 
 SHAPES_WEIGHTS: Path = Path(__file__).resolve().parent / "weights" / "tiny_resnet_shapes.pt"
 """State dict of ``TinyResNet(num_classes=6, width=32)`` trained on ``SyntheticShapes``
-(64x64, 6 classes) by ``scripts/train_tiny_backbone.py``.
+(64x64, 6 classes) by ``benchmarks/experiments/train_tiny_backbone.py``.
 
 Floating-point tensors are stored as float16 to keep the file small; ``load_state_dict`` casts
 them to the model's dtype. Load with

@@ -1,6 +1,7 @@
 """One-pass heads trained with and without the masked-response objective vs classic explainers.
 
-    python scripts/compare_objectives.py [--train-size 1024] [--epochs 3] [--test-size 128]
+    python benchmarks/experiments/compare_objectives.py
+        [--train-size 1024] [--epochs 3] [--test-size 128]
         [--masks-per-image 8] [--mr-weight 1] [--rise-masks 1000] [--lime-samples 500]
         [--heads lcam_fm tame tame_mr tame_mr_only tame_kf] [--no-classic] [--out FILE.json]
 

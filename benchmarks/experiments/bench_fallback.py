@@ -5,7 +5,7 @@ The fallback is forced by wrapping the network in a module with data-dependent c
 wall time of one call on a batch, divided by the median time of a plain forward of the network
 on that batch (so 1.0 = one forward).
 
-    .venv/bin/python scripts/bench_fallback.py [--batch 4] [--size 224] [--repeats 5]
+    .venv/bin/python benchmarks/experiments/bench_fallback.py [--batch 4] [--size 224] [--repeats 5]
 """
 
 from __future__ import annotations

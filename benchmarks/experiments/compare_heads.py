@@ -1,6 +1,7 @@
 """Train L-CAM-Fm, L-CAM-Img and TAME with the same budget on the built-in dataset; compare them.
 
-    python scripts/compare_heads.py [--train-size 4096] [--epochs 2] [--test-size 256]
+    python benchmarks/experiments/compare_heads.py
+        [--train-size 4096] [--epochs 2] [--test-size 256]
 
 Prints, per head: in-mask energy share, AD/IC at 100/50/15 % kept pixels (the papers' protocol on
 the pre-sigmoid maps), parameter count, and inference time relative to a plain forward.

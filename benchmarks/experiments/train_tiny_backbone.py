@@ -3,7 +3,7 @@
 One-off tool (not part of the library). The defaults reproduce
 ``lcam/models/weights/tiny_resnet_shapes.pt``::
 
-    python scripts/train_tiny_backbone.py
+    python benchmarks/experiments/train_tiny_backbone.py
 
 Training items come from ``SyntheticShapes(seed=0)``; accuracy is measured on a held-apart set
 from ``SyntheticShapes(seed=1)``. Inputs are normalised with the ImageNet mean/std. Only the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lcam.data.synthetic import SyntheticShapes
 from lcam.models.tiny import SHAPES_WEIGHTS, TinyResNet

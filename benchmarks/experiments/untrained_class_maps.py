@@ -1,6 +1,7 @@
 """Can a head explain a class it never trained on with a map borrowed from the trained classes?
 
-    python scripts/untrained_class_maps.py [--head tame] [--lr 1e-3] [--trained-classes 4]
+    python benchmarks/experiments/untrained_class_maps.py
+        [--head tame] [--lr 1e-3] [--trained-classes 4]
         [--epochs 2]
 
 The quickstart backbone (``lcam.models.TinyResNet``, shipped weights, 64 px) and data

@@ -1,0 +1,70 @@
+r"""EigenCAM (Muhammad & Yeasin, IJCNN 2020): the first principal component of the features.
+
+Class-agnostic: for each image the target-layer features ``F`` ``(C, h, w)`` are read as
+``hw`` samples of ``C`` channels, centred over the positions, and projected on their first
+right singular vector ``v`` ``(C,)``:
+
+.. math:: A = F^\top - \bar F^\top \quad (hw \times C), \qquad A = U S V^\top, \qquad
+          M = \mathrm{ReLU}(A\, v_1) \quad (h \times w)
+
+The sign of a singular vector is arbitrary; it is fixed as in Seg-Eigen-CAM (Chung & Ying,
+2025; pytorch-grad-cam's ``get_2d_projection_with_sign_correction``): the projection is flipped
+when its most negative value is larger in magnitude than its most positive one. The SVD is
+batched over the images. Passes per image: 1 forward, no backward. The ``targets`` are only
+resolved and reported: the map is the same for every class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lcam.backbone import FrozenBackbone
+from lcam.explainers.base import Explainer, Targets
+from lcam.explainers.features import feature_pass
+from lcam.explainers.registry import register_explainer
+
+__all__ = ["EigenCAM", "first_component_projection"]
+
+
+def first_component_projection(features: Tensor, sign_correction: bool = True) -> Tensor:
+    """Projection ``(B, h, w)`` of centred ``(B, C, h, w)`` features on their first component.
+
+    With ``sign_correction`` each projection is negated when ``|min| > |max|``.
+    """
+    batch, channels, height, width = features.shape
+    samples = features.flatten(2).transpose(1, 2).double()  # (B, hw, C)
+    samples = samples - samples.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(samples, full_matrices=False)
+    projection = torch.einsum("bpc,bc->bp", samples, vh[:, 0])
+    if sign_correction:
+        flip = projection.amin(dim=1).abs() > projection.amax(dim=1).abs()
+        projection = torch.where(flip[:, None], -projection, projection)
+    return projection.to(features.dtype).view(batch, height, width)
+
+
+@register_explainer("eigencam")
+class EigenCAM(Explainer):
+    """EigenCAM: ``ReLU`` of the features' first principal component (see the module doc).
+
+    Args:
+        backbone: the frozen classifier.
+        relu: keep only the positive side of the projection (pytorch-grad-cam applies it).
+        sign_correction: fix the sign of the component (``False``: the SVD's own sign).
+    """
+
+    forward_passes = 1.0
+    backward_passes = 0.0
+
+    def __init__(
+        self, backbone: FrozenBackbone, relu: bool = True, sign_correction: bool = True
+    ) -> None:
+        super().__init__(backbone)
+        self.relu = relu
+        self.sign_correction = sign_correction
+
+    def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
+        """Raw maps ``(B, h, w)``, logits ``(B, K)`` and targets ``(B,)``."""
+        result = feature_pass(self.backbone, images, targets, gradients=False)
+        maps = first_component_projection(result.features.float(), self.sign_correction)
+        return (maps.relu() if self.relu else maps), result.logits, result.targets

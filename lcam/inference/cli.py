@@ -30,7 +30,7 @@ from lcam.inference.step import InferenceOptions, prepare_model
 from lcam.inference.writer import ERRORS, owned_files
 from lcam.onnx import load_onnx_explainer
 from lcam.visualise.activation_max import activation_maximisation
-from lcam.viz import to_uint8
+from lcam.viz import COLORMAPS, to_uint8
 
 __all__ = ["build_explainer_from_args", "build_parser", "main", "parse_options", "parse_target"]
 
@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["logit", "sigmoid"],
         default=None,
         help="lcam: explain the trained attention (sigmoid, default) or the pre-sigmoid class map",
+    )
+    parser.add_argument(
+        "--colormap",
+        choices=list(COLORMAPS),
+        default="viridis",
+        help="overlay colours: viridis (perceptually uniform, default) or jet (earlier versions)",
     )
     parser.add_argument(
         "--precision",
@@ -299,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         precision=args.precision,
         channels_last=args.channels_last,
+        colormap=args.colormap,
     )
     if not distributed:
         counts = run_inference(explainer, files, args.output, **vars(options))

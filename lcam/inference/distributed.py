@@ -202,7 +202,7 @@ def run_distributed_inference(
     """
     settings = InferenceOptions(**options)
     output = Path(output)
-    writer = OutputWriter.for_explainer(explainer, output, settings.target)
+    writer = OutputWriter.for_explainer(explainer, output, settings.target, settings.colormap)
     complete, pending = writer.split_done(files, settings.overwrite)
     if not pending:  # nothing to distribute: no process is started
         output.mkdir(parents=True, exist_ok=True)

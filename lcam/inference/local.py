@@ -11,6 +11,7 @@ from lcam.explainers.base import Explainer
 from lcam.inference.files import ImageFile
 from lcam.inference.step import DEFAULTS, InferenceOptions, Precision, explain_batch, make_loader
 from lcam.inference.writer import PREDICTIONS, OutputWriter
+from lcam.viz import Colormap
 
 __all__ = ["run_inference"]
 
@@ -28,6 +29,7 @@ def run_inference(
     progress: bool = DEFAULTS.progress,
     precision: Precision = DEFAULTS.precision,
     channels_last: bool = DEFAULTS.channels_last,
+    colormap: Colormap = DEFAULTS.colormap,
 ) -> dict[str, int]:
     """Explain ``files`` in batches and write maps, overlays and records under ``output``.
 
@@ -37,17 +39,25 @@ def run_inference(
         output: output folder (created); it may be the input folder (see
             :mod:`lcam.inference.writer`: nothing but the job's own files is written over).
         target, image_size, batch_size, num_workers, overwrite, progress, precision,
-            channels_last: see :class:`~lcam.inference.step.InferenceOptions`.
+            channels_last, colormap: see :class:`~lcam.inference.step.InferenceOptions`.
 
     Returns:
         Counts: ``{"done", "skipped", "failed"}`` (failed: unreadable or refused images).
     """
     options = InferenceOptions(
-        target, image_size, batch_size, num_workers, overwrite, progress, precision, channels_last
+        target,
+        image_size,
+        batch_size,
+        num_workers,
+        overwrite,
+        progress,
+        precision,
+        channels_last,
+        colormap,
     )
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    writer = OutputWriter.for_explainer(explainer, output, target)
+    writer = OutputWriter.for_explainer(explainer, output, target, colormap)
     complete, pending = writer.split_done(files, overwrite)
     writer.consolidate(files, complete)  # fold in what an interrupted run journaled elsewhere
     loader = make_loader(pending, explainer, options, explainer.device.type == "cuda")

@@ -14,6 +14,7 @@ from lcam.explainers.base import Explainer
 from lcam.explanation import Explanation
 from lcam.inference.decode import ImageFiles, collate_images
 from lcam.inference.files import ImageFile
+from lcam.viz import Colormap
 
 __all__ = [
     "DEFAULTS",
@@ -42,6 +43,7 @@ class InferenceOptions:
         precision: ``"32"``, or ``"bf16"`` / ``"16"`` to run the model under autocast.
         channels_last: feed images in channels-last memory format (convert the model first
             with :func:`prepare_model`).
+        colormap: the overlays' colour map (:data:`lcam.viz.COLORMAPS`).
     """
 
     target: int | None = None
@@ -52,6 +54,7 @@ class InferenceOptions:
     progress: bool = True
     precision: Precision = "32"
     channels_last: bool = False
+    colormap: Colormap = "viridis"
 
 
 DEFAULTS = InferenceOptions()

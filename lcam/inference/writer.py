@@ -32,7 +32,7 @@ from lcam._io import atomic_write, atomic_write_bytes, read_jsonl, write_jsonl
 from lcam.explainers.base import Explainer
 from lcam.inference.files import ImageFile, absolute, output_names
 from lcam.maps import upsample_maps
-from lcam.viz import overlay, to_uint8
+from lcam.viz import Colormap, overlay, to_uint8
 
 __all__ = [
     "ERRORS",
@@ -58,11 +58,18 @@ def _save_npy(array: np.ndarray, path: Path) -> None:
         np.save(handle, array)
 
 
-def write_outputs(map_: Tensor, original: Tensor, map_path: Path, overlay_path: Path) -> None:
+def write_outputs(
+    map_: Tensor,
+    original: Tensor,
+    map_path: Path,
+    overlay_path: Path,
+    colormap: Colormap = "viridis",
+) -> None:
     """Upsample a ``(h, w)`` map to the ``(3, H, W)`` uint8 original's size; write it as
-    ``.npy`` and its colour overlay as PNG, each atomically. Runs in the writer's threads."""
+    ``.npy`` and its overlay in ``colormap`` as PNG, each atomically. Runs in the writer's
+    threads."""
     full_map = upsample_maps(map_.float()[None], tuple(original.shape[-2:]))[0].clamp(0, 1)
-    blended = to_uint8(overlay(original.float()[None] / 255, full_map[None]))[0]
+    blended = to_uint8(overlay(original.float()[None] / 255, full_map[None], colormap=colormap))[0]
     atomic_write(map_path, lambda path: _save_npy(full_map.numpy(), path))
     # zlib level 1: 2x faster than the default 6 for files about 10 % larger.
     png = encode_png(blended.permute(2, 0, 1).contiguous(), compression_level=1)
@@ -148,6 +155,7 @@ class OutputWriter:
         method: the explainer's name, stored in each record.
         requested: ``"predicted"`` or the requested class index, stored in each record.
         class_names: names of the classes, if known.
+        colormap: the overlays' colour map (:data:`lcam.viz.COLORMAPS`).
     """
 
     def __init__(
@@ -157,8 +165,10 @@ class OutputWriter:
         method: str,
         requested: str | int,
         class_names: Sequence[str] | None,
+        colormap: Colormap = "viridis",
     ) -> None:
         self.output = Path(output)
+        self.colormap = colormap
         self.method, self.requested, self.class_names = method, requested, class_names
         self.records: dict[str, dict[str, Any]] = {}
         self.errors: list[dict[str, str]] = []
@@ -169,7 +179,11 @@ class OutputWriter:
 
     @classmethod
     def for_explainer(
-        cls, explainer: Explainer, output: str | Path, target: int | None
+        cls,
+        explainer: Explainer,
+        output: str | Path,
+        target: int | None,
+        colormap: Colormap = "viridis",
     ) -> OutputWriter:
         """The writer of ``explainer``'s outputs for ``target`` (``None``: predicted class)."""
         return cls(
@@ -177,6 +191,7 @@ class OutputWriter:
             method=explainer.name,
             requested="predicted" if target is None else target,
             class_names=explainer.backbone.class_names,
+            colormap=colormap,
         )
 
     # -- journals ------------------------------------------------------------------------------
@@ -364,5 +379,6 @@ class OutputWriter:
                 batch["original"][row],
                 self.output / record["map"],
                 self.output / record["overlay"],
+                self.colormap,
             )
             self._pending.append((future, record))

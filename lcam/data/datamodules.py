@@ -297,6 +297,15 @@ class ImageFolderDataModule(_LoaderMixin, LightningDataModule):
         self.class_names: list[str] | None = None
         self._boxes: dict[str, list[list[float]]] | None = None
 
+    def setup(self, stage: str) -> None:
+        """Record the class folder names (sorted, as ``ImageFolder`` numbers them) before the
+        model's ``setup``, which keeps them in the head's checkpoint when the backbone's weights
+        name no classes: ``infer.py``, the report and the overlays then use them."""
+        for directory in (self.train_dir, self.val_dir, self.test_dir):
+            if directory is not None and Path(directory).is_dir():
+                self.class_names = list(datasets.folder.find_classes(directory)[0])
+                return
+
     def _folder(self, directory: str | None, transform: Any, role: str) -> Dataset:
         if directory is None:
             raise ValueError(f"data.{role}_dir is not set")

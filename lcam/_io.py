@@ -8,6 +8,7 @@ is flushed too, so a reader sees the old file or the whole new one, even after a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "WRITE_ERRORS",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -26,6 +28,10 @@ __all__ = [
     "read_jsonl",
     "write_jsonl",
 ]
+
+# The errors of a folder that cannot take an output (full disk or quota, read-only file system,
+# no permission): a run reports them in one line naming the folder instead of a traceback.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def fsync_folder(folder: Path) -> None:

@@ -7,7 +7,6 @@ checkpoint or output could not be written (one line naming the folder and the er
 
 from __future__ import annotations
 
-import errno
 import shlex
 import signal
 import sys
@@ -20,13 +19,11 @@ from pytorch_lightning import LightningDataModule, Trainer
 from pytorch_lightning.cli import ArgsType, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from lcam._io import WRITE_ERRORS
 from lcam.training import LCAMModule
 from lcam.training.interruption import InterruptionCheckpoint, StopSignals, exit_code
 
 __all__ = ["LCAMCLI", "main", "resume_command"]
-
-# A checkpoint or output that cannot be written stops the run with one line, not a traceback.
-WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 class LCAMCLI(LightningCLI):

@@ -2,7 +2,10 @@
 
 Exit codes: 0 every image explained, 1 some inputs failed (unreadable, or refused because an
 output would overwrite a file that is not the job's: see :mod:`lcam.inference.writer`), 2 usage
-errors (checked before any output is written).
+errors (checked before any output is written), 3 the output folder is in use by another run or
+cannot be written (full, read-only, no permission: one line names the folder, the error and the
+images done), 143 / 130 stopped by SIGTERM / SIGINT after the batch in flight. After 1, 3, 143
+or 130 every finished output is kept and the same command finishes the rest.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from lcam.explainers.base import Explainer
 from lcam.explainers.learned import LearnedExplainer
 from lcam.explainers.registry import get_explainer
 from lcam.inference.distributed import LaunchError, run_distributed_inference
-from lcam.inference.files import collect_images
+from lcam.inference.files import ImageFile, collect_images
 from lcam.inference.local import run_inference
+from lcam.inference.lock import FolderBusyError
 from lcam.inference.step import InferenceOptions, prepare_model
-from lcam.inference.writer import ERRORS, owned_files
+from lcam.inference.writer import ERRORS, OutputWriteError, owned_files
 from lcam.onnx import load_onnx_explainer
+from lcam.training.interruption import StopSignals
 from lcam.visualise.activation_max import activation_maximisation
 from lcam.viz import COLORMAPS, to_uint8
 
@@ -262,8 +267,33 @@ def _activation_max(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_one_process(
+    explainer: Explainer, files: Sequence[ImageFile], output: str, options: InferenceOptions
+) -> dict[str, int] | int:
+    """:func:`run_inference` stopping after the batch in flight on SIGTERM / SIGINT; the counts,
+    or the exit code of a run that stopped early (reported on stderr)."""
+    try:
+        with StopSignals() as signals:
+            counts = run_inference(
+                explainer, files, output, **vars(options), stop=lambda: signals.stop
+            )
+    except (FolderBusyError, OutputWriteError) as error:
+        print(f"infer.py: error: {error}", file=sys.stderr)
+        return 3
+    if counts["stopped"]:
+        left = len(files) - counts["done"] - counts["skipped"]
+        print(
+            f"infer.py: stopped by {signals.name}: {counts['done']} explained, "
+            f"{counts['skipped']} already done, {left} left (outputs kept in {output}); run the "
+            "same command again to finish",
+            file=sys.stderr,
+        )
+        return signals.exit_code
+    return counts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``infer.py``; returns the exit code (0: all done, 1: some inputs failed, 2: usage)."""
+    """Run ``infer.py``; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
     distributed = args.devices > 1 or args.num_nodes > 1
     try:
@@ -308,7 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         colormap=args.colormap,
     )
     if not distributed:
-        counts = run_inference(explainer, files, args.output, **vars(options))
+        counts = _run_one_process(explainer, files, args.output, options)
+        if isinstance(counts, int):
+            return counts
         processes = ""
     else:
         try:

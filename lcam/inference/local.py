@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from lcam._io import WRITE_ERRORS
 from lcam.explainers.base import Explainer
 from lcam.inference.files import ImageFile
+from lcam.inference.lock import FolderLock, describe_owner
 from lcam.inference.step import DEFAULTS, InferenceOptions, Precision, explain_batch, make_loader
-from lcam.inference.writer import PREDICTIONS, OutputWriter
+from lcam.inference.writer import PREDICTIONS, OutputWriteError, OutputWriter
 from lcam.viz import Colormap
 
 __all__ = ["run_inference"]
@@ -30,6 +35,7 @@ def run_inference(
     precision: Precision = DEFAULTS.precision,
     channels_last: bool = DEFAULTS.channels_last,
     colormap: Colormap = DEFAULTS.colormap,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, int]:
     """Explain ``files`` in batches and write maps, overlays and records under ``output``.
 
@@ -41,8 +47,18 @@ def run_inference(
         target, image_size, batch_size, num_workers, overwrite, progress, precision,
             channels_last, colormap: see :class:`~lcam.inference.step.InferenceOptions`.
 
+        stop: asked after every batch (its outputs written and journaled); ``True`` ends the
+            run there (``infer.py``: a SIGTERM or SIGINT arrived). The next run does the rest.
+
     Returns:
-        Counts: ``{"done", "skipped", "failed"}`` (failed: unreadable or refused images).
+        Counts: ``{"done", "skipped", "failed", "stopped"}`` (failed: unreadable or refused
+        images; stopped: 1 if ``stop`` ended the run early).
+
+    Raises:
+        FolderBusyError: another live run holds ``output`` (see :class:`~lcam.inference.lock.
+            FolderLock`, held for the whole run); nothing was written.
+        OutputWriteError: ``output`` cannot take a file (full disk, read-only, no permission);
+            every output written before is complete and journaled, no partial file is left.
     """
     options = InferenceOptions(
         target,
@@ -56,20 +72,57 @@ def run_inference(
         colormap,
     )
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     writer = OutputWriter.for_explainer(explainer, output, target, colormap)
-    complete, pending = writer.split_done(files, overwrite)
-    writer.consolidate(files, complete)  # fold in what an interrupted run journaled elsewhere
+    complete: dict[str, Any] = {}
+    try:
+        with FolderLock(output) as lock:
+            if lock.taken_over is not None:
+                print(
+                    f"taking over {lock.path} from a run that ended without releasing it: "
+                    f"{describe_owner(lock.taken_over)}",
+                    file=sys.stderr,
+                )
+            complete, pending = writer.split_done(files, overwrite)
+            writer.consolidate(files, complete)  # fold in what an interrupted run journaled
+            stopped = _explain_all(explainer, pending, writer, options, output, stop)
+            errors = [*writer.refused, *writer.errors]
+            writer.consolidate(files, {**complete, **writer.records}, errors)
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        done = len(complete) + len(writer.records)
+        raise OutputWriteError(output, error, done, len(files)) from error
+    return {
+        "done": len(writer.records),
+        "skipped": len(complete),
+        "failed": len(errors),
+        "stopped": int(stopped),
+    }
+
+
+def _explain_all(
+    explainer: Explainer,
+    pending: Sequence[ImageFile],
+    writer: OutputWriter,
+    options: InferenceOptions,
+    output: Path,
+    stop: Callable[[], bool] | None,
+) -> bool:
+    """Explain and write ``pending`` batch by batch; whether ``stop`` ended the loop early."""
     loader = make_loader(pending, explainer, options, explainer.device.type == "cuda")
-    bar = tqdm(total=len(pending), desc="explaining", unit="img", disable=not progress)
+    bar = tqdm(total=len(pending), desc="explaining", unit="img", disable=not options.progress)
     writer.open(output / PREDICTIONS)
+    stopped = False
     try:
         for batch in loader:
             writer.write_batch(batch, explain_batch(explainer, batch, options), pending)
             bar.update(len(batch["index"]) + len(batch["errors"]))
+            if stop is not None and stop():
+                stopped = True
+                break
+        writer.close()  # the last batch's files, then its records
     finally:
-        writer.close()
+        with contextlib.suppress(OSError):  # after a failed write: the first error is reported
+            writer.close()
         bar.close()
-    errors = [*writer.refused, *writer.errors]
-    writer.consolidate(files, {**complete, **writer.records}, errors)
-    return {"done": len(writer.records), "skipped": len(complete), "failed": len(errors)}
+    return stopped

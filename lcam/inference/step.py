@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -78,6 +79,12 @@ def prepare_model(
         explainer.backbone.compile_graphs()
 
 
+def _leave_interrupts_to_the_main_process(worker_id: int) -> None:
+    """Decoding workers ignore Ctrl-C (a terminal sends it to the whole process group): the
+    main process stops after the batch in flight, which a worker that died would fail."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(
     files: Sequence[ImageFile], explainer: Explainer, options: InferenceOptions, pin_memory: bool
 ) -> DataLoader:
@@ -88,6 +95,7 @@ def make_loader(
         num_workers=options.num_workers,
         collate_fn=collate_images,
         pin_memory=pin_memory,
+        worker_init_fn=_leave_interrupts_to_the_main_process,
     )
 
 

@@ -25,7 +25,12 @@ class Explanation:
       what a hook on the network's first layer counts, divided by ``B``;
     * a **backward pass** is one backpropagation from the logits: it may stop at the target
       layer (Grad-CAM's fast path runs it through the tail only) or reach the image (gradient
-      saliency).
+      saliency): ``backward_to_input`` counts those that reached it (gradient batches arriving
+      at the network's input, divided by ``B``).
+
+The counts are measured while the method runs (:mod:`lcam.explainers.passes`), so they hold on
+every backbone path: under the hook fallback (models torch.fx cannot trace) a tail pass re-runs
+the whole network and is counted as a full forward.
 
     Attributes:
         maps: ``(B, H, W)`` float maps in [0, 1] at the input resolution (1 = most relevant).
@@ -47,6 +52,7 @@ class Explanation:
             initialisation (``tame_shared``: the map all classes share), not something it
             learned about that class. ``None`` given means no image is flagged
             (every non-learned method, and heads whose checkpoint records no training counts).
+        backward_to_input: the part of ``backward_passes`` that reached the image.
     """
 
     maps: Tensor
@@ -59,6 +65,7 @@ class Explanation:
     degenerate: Tensor | None = None
     raw_maps: Tensor | None = None
     untrained: Tensor | None = None
+    backward_to_input: float = 0.0
 
     def __post_init__(self) -> None:
         self.degenerate = self._flags("degenerate", self.degenerate)

@@ -2,7 +2,8 @@
 
 Importing this package registers every classic explainer; ``get_explainer(name, backbone,
 **options)`` builds one by name. Files: ``base`` (the :class:`Explainer` contract, degenerate
-maps), ``registry``, ``features`` and ``cam_tail`` (what the channel CAMs need), ``cam``,
+maps), ``passes`` (the pass counts measured during a call), ``registry``, ``features`` and
+``cam_tail`` (what the channel CAMs need), ``cam``,
 ``gradient``, ``scorecam``, ``sampling`` (what perturbation methods share), ``perturbation``,
 ``ridge``, ``surrogate_base`` and ``surrogate`` (LIME, KernelSHAP), ``learned``,
 ``elementwise_cam`` (LayerCAM, HiResCAM), ``eigencam``, ``fullgrad``, ``input_paths`` (what the

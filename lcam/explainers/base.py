@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lcam.backbone import FrozenBackbone
+from lcam.explainers.passes import count_passes
 from lcam.explanation import Explanation
 from lcam.maps import normalise_maps, upsample_maps
 
@@ -100,11 +101,18 @@ class Explainer(nn.Module):
     :class:`DegenerateMapWarning` per explainer instance), upsamples the maps bilinearly to the
     input size and min-max normalises each to [0, 1].
 
-    Pass counts (defined in :class:`~lcam.explanation.Explanation`): :attr:`forward_passes`,
-    :attr:`tail_passes` and :attr:`backward_passes` hold the per-image counts of the last call.
-    Methods whose counts depend on their options or on the image size set them in
-    :meth:`compute_maps` from what they ran; the others state them as class attributes.
-    ``tests/explainers/test_contract.py`` checks every registered explainer against hooks.
+    Pass counts (defined in :class:`~lcam.explanation.Explanation`): the counts an
+    :class:`Explanation` reports are measured around :meth:`compute_maps`
+    (:func:`~lcam.explainers.passes.count_passes`), so they are what ran, on the torch.fx split
+    and under the hook fallback alike. :attr:`forward_passes`, :attr:`tail_passes` and
+    :attr:`backward_passes` *state* a method's per-image cost on the torch.fx split before it
+    runs (class attributes, or set from the options in ``__init__``; methods whose counts depend
+    on the image update them in :meth:`compute_maps`). ``tests/explainers/test_contract.py``
+    checks the measured counts against hooks of its own for every registered explainer and head
+    on each backbone path, and the stated ones against them on the torch.fx split.
+
+    Images of any floating dtype are accepted: the network computes in its own dtype and the
+    maps come back in the images' dtype.
 
     Args:
         backbone: the frozen classifier to explain.
@@ -125,6 +133,12 @@ class Explainer(nn.Module):
         """Device of the backbone."""
         return self.backbone.mean.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype the network computes in (that of its first floating parameter)."""
+        floating = (p.dtype for p in self.backbone.model.parameters() if p.is_floating_point())
+        return next(floating, self.backbone.mean.dtype)
+
     @abstractmethod
     def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
         """Raw maps ``(B, h, w)``, logits ``(B, K)`` and resolved targets ``(B,)``."""
@@ -139,36 +153,52 @@ class Explainer(nn.Module):
             )
         return "the class score does not depend on the input the method perturbs or differentiates"
 
+    def _layer_hint(self) -> str:
+        """Where a map would carry information, when the backbone knows such a layer."""
+        finder = getattr(self.backbone, "evidence_layer", None)  # FrozenBackbone's
+        layer = finder() if finder is not None else None
+        if layer is None:
+            return ""
+        return (
+            f" At {self.backbone.target_layer!r} the class evidence does not reach the grid; "
+            f"FrozenBackbone(..., target_layer={layer!r}) is a layer where it does."
+        )
+
     def explain(self, images: Tensor, targets: Targets = None) -> Explanation:
         """Explain ``(B, 3, H, W)`` images in [0, 1] for ``targets`` (default: predicted class).
 
         Returns:
             An :class:`Explanation` with ``(B, H, W)`` maps in [0, 1] in the images' float dtype
-            on the backbone's device, and ``degenerate`` flags (see :func:`degenerate_maps`).
+            on the backbone's device, ``degenerate`` flags (see :func:`degenerate_maps`) and the
+            pass counts measured during the call.
 
         Raises:
             ValueError: bad images or targets, or a method returned non-finite maps.
         """
-        images = check_images(images).to(self.device)
-        raw_maps, logits, resolved = self.compute_maps(images, targets)
+        given = check_images(images)
+        images = given.to(self.device, self.dtype)
+        with count_passes(self.backbone) as count:
+            raw_maps, logits, resolved = self.compute_maps(images, targets)
+        passes = count.per_image(len(images))
         raw_maps = self._check_outputs(images, raw_maps.detach().float(), logits, resolved)
         degenerate = degenerate_maps(raw_maps)
         if bool(degenerate.any()):
             self._warn_degenerate(raw_maps, degenerate)
         shown = self.activate(raw_maps)
         maps = normalise_maps(upsample_maps(shown, tuple(images.shape[-2:])))
-        maps = maps.to(images.dtype)
+        maps = maps.to(given.dtype)
         return Explanation(
             maps=maps,
             logits=logits.detach(),
             targets=resolved,
-            forward_passes=float(self.forward_passes),
-            backward_passes=float(self.backward_passes),
+            forward_passes=passes["forward_passes"],
+            backward_passes=passes["backward_passes"],
             method=self.name,
-            tail_passes=float(self.tail_passes),
+            tail_passes=passes["tail_passes"],
             degenerate=degenerate,
             raw_maps=raw_maps,
             untrained=self.untrained_targets(resolved),
+            backward_to_input=passes["backward_to_input"],
         )
 
     def untrained_targets(self, targets: Tensor) -> Tensor | None:
@@ -211,7 +241,8 @@ class Explainer(nn.Module):
         warnings.warn(
             f"{self.name}: the raw map of image(s) {indices} is constant, so the normalised map "
             f"is all zero and carries no information (Explanation.degenerate marks them). "
-            f"Likely cause: {self.degenerate_cause(maps[degenerate])}. This warning is shown "
+            f"Likely cause: {self.degenerate_cause(maps[degenerate])}.{self._layer_hint()} "
+            "This warning is shown "
             "once per explainer.",
             DegenerateMapWarning,
             stacklevel=3,

@@ -67,10 +67,18 @@ def linear_after_global_pool(backbone: FrozenBackbone) -> str:
     eval-mode identities (``Dropout``, ``Identity``) are allowed anywhere.
 
     Raises:
-        ValueError: naming the model and its tail when it has another structure.
+        ValueError: naming the model and its tail when it has another structure, or when the
+            model runs through the hook fallback (no traced tail to read).
     """
-    modules = dict(backbone.model.named_modules())
     graph = backbone.tail_graph
+    if graph is None:
+        raise ValueError(
+            f"CAM reads the layers after the target layer from the torch.fx graph, and "
+            f"torch.fx cannot trace {type(backbone.model).__name__} (hook fallback): its tail "
+            "cannot be checked to be global average pooling and one linear layer. Use Grad-CAM "
+            "instead."
+        )
+    modules = dict(backbone.model.named_modules())
     placeholders = [node for node in graph.nodes if node.op == "placeholder"]
     chain: list[fx.Node] = []
     node = placeholders[0]

@@ -3,13 +3,12 @@
 Importing this package registers every classic explainer; ``get_explainer(name, backbone,
 **options)`` builds one by name. Files: ``base`` (the :class:`Explainer` contract, degenerate
 maps), ``passes`` (the pass counts measured during a call), ``registry``, ``features`` and
-``cam_tail`` (what the channel CAMs need), ``cam``,
-``gradient``, ``scorecam``, ``sampling`` (what perturbation methods share), ``perturbation``,
-``ridge``, ``surrogate_base`` and ``surrogate`` (LIME, KernelSHAP), ``learned``,
-``elementwise_cam`` (LayerCAM, HiResCAM), ``eigencam``, ``fullgrad``, ``input_paths`` (what the
-input-attribution methods share), ``integrated_gradients``, ``smoothgrad``, ``gradient_shap``.
-They import from
-``lcam.maps``, ``lcam.explanation``, ``lcam.backbone`` and ``lcam.heads`` only.
+``cam_tail`` (what the channel CAMs need), ``cam``, ``gradient``, ``scorecam``, ``sampling``
+(what perturbation methods share), ``perturbation``, ``ridge``, ``surrogate_base`` and
+``surrogate`` (LIME, KernelSHAP), ``learned``, ``elementwise_cam`` (LayerCAM, HiResCAM),
+``eigencam``, ``fullgrad``, ``input_paths`` (what the input-attribution methods share),
+``integrated_gradients``, ``smoothgrad``, ``gradient_shap``. They import from ``lcam.maps``,
+``lcam.explanation``, ``lcam.backbone`` and ``lcam.heads`` only.
 """
 
 from lcam.explainers import (  # noqa: F401

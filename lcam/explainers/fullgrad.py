@@ -22,13 +22,14 @@ also on an exception) and one backward to the image and to every hooked output: 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from lcam.backbone import FrozenBackbone
 from lcam.explainers.base import Explainer, Targets, resolve_targets
-from lcam.explainers.features import autograd_enabled, capture_output
+from lcam.explainers.features import autograd_enabled
 from lcam.explainers.registry import register_explainer
 from lcam.maps import upsample_maps
 
@@ -61,6 +62,28 @@ def _channel_normalised_sum(maps: Tensor) -> Tensor:
     return ((flat - low) / (high + 1e-7)).sum(dim=1).view(maps.shape[0], *maps.shape[2:])
 
 
+@contextlib.contextmanager
+def _capture_outputs(layers: list[nn.Module]) -> Iterator[list[tuple[nn.Module, Tensor]]]:
+    """``(layer, output)`` of every call of ``layers`` in the block, in call order.
+
+    Each hook hands the network a copy of the output, so an in-place operation after the layer
+    (``ReLU(inplace=True)`` after a batch norm) cannot turn the differentiated tensor into its
+    own output. The hooks are always removed (also on an exception).
+    """
+    calls: list[tuple[nn.Module, Tensor]] = []
+
+    def hook(module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> Tensor:
+        calls.append((module, output))
+        return output.clone()
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @register_explainer("fullgrad")
 class FullGrad(Explainer):
     """FullGrad saliency (see the module doc). The target layer is not used.
@@ -80,14 +103,11 @@ class FullGrad(Explainer):
     def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
         """Raw maps ``(B, H, W)`` at the image size, logits ``(B, K)``, targets ``(B,)``."""
         size = tuple(images.shape[-2:])
-        with autograd_enabled(), contextlib.ExitStack() as stack:
-            captured = [stack.enter_context(capture_output(layer)) for layer in self._layers]
+        with autograd_enabled(), _capture_outputs(self._layers) as calls:
             images = images.detach().clone().requires_grad_(True)
             logits = self.backbone(images)
             resolved = resolve_targets(logits.detach(), targets).clone()
             score = logits.gather(1, resolved[:, None]).sum()
-            pairs = zip(self._layers, captured, strict=True)
-            calls = [(layer, out) for layer, outs in pairs for out in outs]
             grads = torch.autograd.grad(score, [images, *(out for _, out in calls)])
         maps = _channel_normalised_sum((images.detach() * grads[0]).abs())
         for (layer, _), grad in zip(calls, grads[1:], strict=True):

@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -31,7 +33,11 @@ def run(config: str) -> dict[str, float | str]:
     trained = time.perf_counter()
     output = Path(cli.trainer.default_root_dir)
     checkpoint = Path(cli.trainer.checkpoint_callback.dirpath) / "last.ckpt"
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    try:
+        results = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    except SIGTERMException:  # Lightning stops a test on SIGTERM with exit code 0: not a success
+        print("quickstart: the test step was stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(143) from None
     tested = time.perf_counter()
     images = export_images(output / "images", 16, seed=cli.datamodule.seed + 2)
     code = infer_main(
@@ -44,8 +50,9 @@ def run(config: str) -> dict[str, float | str]:
             str(output / "maps"),
         ]
     )
-    if code != 0:
-        raise SystemExit(f"infer.py failed with exit code {code}")
+    if code != 0:  # failed, or stopped by a signal (143 / 130): make must fail too
+        print(f"quickstart: infer.py failed with exit code {code}", file=sys.stderr)
+        raise SystemExit(code)
     done = time.perf_counter()
     mask_share = _mask_share(cli.datamodule.dataset("test"))
     figures = {

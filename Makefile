@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 QUICKSTART := outputs/quickstart
 
-.PHONY: setup quickstart test lint clean
+.PHONY: setup quickstart test lint docs docs-serve clean
 
 setup: $(VENV)/.installed
 
@@ -24,5 +24,12 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The documentation site (mkdocs-material + mkdocstrings, in the dev extra), built offline.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(QUICKSTART) wandb lightning_logs .pytest_cache
+	rm -rf $(QUICKSTART) wandb lightning_logs .pytest_cache site

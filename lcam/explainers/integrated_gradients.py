@@ -33,7 +33,12 @@ Quadrature = Literal[
 
 
 def quadrature(steps: int, method: Quadrature = "gausslegendre") -> tuple[Tensor, Tensor]:
-    """Nodes ``alpha`` ``(n,)`` in [0, 1] and weights ``w`` ``(n,)`` (float64) of a rule."""
+    """Nodes ``alpha`` ``(n,)`` in [0, 1] and weights ``w`` ``(n,)`` (float64) of a rule.
+
+    captum's rules, node for node: note that its ``riemann_trapezoid`` takes ``n`` nodes from 0 to
+    1 with weights ``1/n`` (ends halved), which sum to ``1 - 1/n``, not 1; prefer
+    ``gausslegendre`` (the default), exact for polynomials up to degree ``2n - 1``.
+    """
     if method == "gausslegendre":
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")

@@ -280,8 +280,8 @@ def _run_one_process(
     except (FolderBusyError, OutputWriteError) as error:
         print(f"infer.py: error: {error}", file=sys.stderr)
         return 3
-    if counts["stopped"]:
-        left = len(files) - counts["done"] - counts["skipped"]
+    left = len(files) - counts["done"] - counts["skipped"] - counts["failed"]
+    if signals.stop and left > 0:
         print(
             f"infer.py: stopped by {signals.name}: {counts['done']} explained, "
             f"{counts['skipped']} already done, {left} left (outputs kept in {output}); run the "

@@ -51,8 +51,8 @@ def run_inference(
             run there (``infer.py``: a SIGTERM or SIGINT arrived). The next run does the rest.
 
     Returns:
-        Counts: ``{"done", "skipped", "failed", "stopped"}`` (failed: unreadable or refused
-        images; stopped: 1 if ``stop`` ended the run early).
+        Counts: ``{"done", "skipped", "failed"}`` (failed: unreadable or refused images); a run
+        ``stop`` ended early has fewer than ``len(files)`` in all.
 
     Raises:
         FolderBusyError: another live run holds ``output`` (see :class:`~lcam.inference.lock.
@@ -84,7 +84,7 @@ def run_inference(
                 )
             complete, pending = writer.split_done(files, overwrite)
             writer.consolidate(files, complete)  # fold in what an interrupted run journaled
-            stopped = _explain_all(explainer, pending, writer, options, output, stop)
+            _explain_all(explainer, pending, writer, options, output, stop)
             errors = [*writer.refused, *writer.errors]
             writer.consolidate(files, {**complete, **writer.records}, errors)
     except OSError as error:
@@ -92,12 +92,7 @@ def run_inference(
             raise
         done = len(complete) + len(writer.records)
         raise OutputWriteError(output, error, done, len(files)) from error
-    return {
-        "done": len(writer.records),
-        "skipped": len(complete),
-        "failed": len(errors),
-        "stopped": int(stopped),
-    }
+    return {"done": len(writer.records), "skipped": len(complete), "failed": len(errors)}
 
 
 def _explain_all(
@@ -107,22 +102,19 @@ def _explain_all(
     options: InferenceOptions,
     output: Path,
     stop: Callable[[], bool] | None,
-) -> bool:
-    """Explain and write ``pending`` batch by batch; whether ``stop`` ended the loop early."""
+) -> None:
+    """Explain and write ``pending`` batch by batch, until done or ``stop()``."""
     loader = make_loader(pending, explainer, options, explainer.device.type == "cuda")
     bar = tqdm(total=len(pending), desc="explaining", unit="img", disable=not options.progress)
     writer.open(output / PREDICTIONS)
-    stopped = False
     try:
         for batch in loader:
             writer.write_batch(batch, explain_batch(explainer, batch, options), pending)
             bar.update(len(batch["index"]) + len(batch["errors"]))
             if stop is not None and stop():
-                stopped = True
                 break
         writer.close()  # the last batch's files, then its records
     finally:
         with contextlib.suppress(OSError):  # after a failed write: the first error is reported
             writer.close()
         bar.close()
-    return stopped

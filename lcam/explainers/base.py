@@ -179,11 +179,11 @@ class Explainer(nn.Module):
         images = given.to(self.device, self.dtype)
         with count_passes(self.backbone) as count:
             raw_maps, logits, resolved = self.compute_maps(images, targets)
+            raw_maps = self._check_outputs(images, raw_maps.detach().float(), logits, resolved)
+            degenerate = degenerate_maps(raw_maps)
+            if bool(degenerate.any()):  # the first warning may probe the backbone: counted too
+                self._warn_degenerate(raw_maps, degenerate)
         passes = count.per_image(len(images))
-        raw_maps = self._check_outputs(images, raw_maps.detach().float(), logits, resolved)
-        degenerate = degenerate_maps(raw_maps)
-        if bool(degenerate.any()):
-            self._warn_degenerate(raw_maps, degenerate)
         shown = self.activate(raw_maps)
         maps = normalise_maps(upsample_maps(shown, tuple(images.shape[-2:])))
         maps = maps.to(given.dtype)

@@ -106,7 +106,7 @@ class GradientSHAP(InputAttribution):
         references = self.references(images)[samples.baseline_index]
         alphas = samples.alphas.to(images)[..., None, None, None]
         delta = noisy - references
-        points = references + alphas * delta
+        points = alphas * noisy + (1 - alphas) * references  # captum's rounding, bit for bit
         grads = input_gradients(
             self.backbone,
             points.flatten(0, 1),

@@ -46,8 +46,14 @@ def build_explainer(
     head: str | LCAMHead = "lcam_fm",
     map_activation: Literal["sigmoid", "logit"] = "sigmoid",
 ) -> LearnedExplainer:
-    """An untrained one-pass explainer on ``backbone`` with the head registered as ``head``."""
-    return LearnedExplainer(backbone, head, map_activation=map_activation)
+    """An untrained one-pass explainer on ``backbone`` with the head registered as ``head``.
+
+    The explainer gets its own :meth:`~lcam.backbone.FrozenBackbone.view` of the backbone (the
+    network and its weights are shared, not copied): a head that needs other layers (TAME's
+    three stages) splits its view there, and ``backbone`` and every explainer built on it
+    before or after keep computing what they did.
+    """
+    return LearnedExplainer(backbone.view(), head, map_activation=map_activation)
 
 
 def _installed_version() -> str:
@@ -141,6 +147,7 @@ def load_explainer(
         layout=spec.get("layout"),
         num_prefix_tokens=spec.get("num_prefix_tokens"),
         grid=spec.get("grid"),
+        output=spec.get("output"),
     )
     backbone.spec["weights"] = spec["weights"]
     explainer = build_explainer(backbone, meta["head"], map_activation=meta["map_activation"])

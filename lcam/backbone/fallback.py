@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lcam.backbone.targets import CallSite, call_hooks, parse_target
+from lcam.backbone.targets import CallSite, call_hooks, parse_target, replace_element
 
 __all__ = ["HookSplit", "warn_fallback"]
 
@@ -45,17 +46,42 @@ def warn_fallback(model: nn.Module, reason: str) -> None:
     )
 
 
+def _route_message(layer: str, where: str) -> str:
+    return (
+        f"target layer {layer!r} did not run on the whole of {where}: the model sends some "
+        "inputs through other modules (data-dependent routing), so its features are missing "
+        "for them. Pass target_layer= with layers every input passes through (before the "
+        "routing or after the routes join)"
+    )
+
+
 class HookSplit:
     """Body/tail of a model by forward hooks (see the module docstring).
+
+    A model that routes inputs between modules (``if x.mean() > 0: a(x) else b(x)``) may not
+    call a target layer for every input: each layer is checked on every probe input, and one
+    that some probe does not reach is refused here, naming it; a forward that still misses a
+    layer raises the same explanation instead of returning features of another image.
 
     Args:
         model: the frozen network.
         target_layers: module or call-site names (fx node names need a traceable model).
         example: a normalised input ``(1, 3, H, W)``, run once to find the call that runs last
             (the split layer).
+        others: more normalised probe inputs (a black and a white image), on which every
+            target layer must run once too.
+        elements: for each target layer, the element of its list/tuple output that holds the
+            features (``None`` for a tensor output).
     """
 
-    def __init__(self, model: nn.Module, target_layers: Sequence[str], example: Tensor) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[str],
+        example: Tensor,
+        others: Sequence[Tensor] = (),
+        elements: Sequence[int | None] | None = None,
+    ) -> None:
         modules = dict(model.named_modules())
         sites: list[CallSite] = []
         for layer in target_layers:
@@ -67,29 +93,48 @@ class HookSplit:
                 )
             sites.append(site)
         self.model, self.sites, self.target_layers = model, sites, tuple(target_layers)
-        order: list[int] = []
-        with torch.no_grad(), call_hooks(model, sites, lambda i, _out: order.append(i)):
-            model(example)
-        for layer, site in zip(target_layers, sites, strict=True):
-            runs = order.count(sites.index(site))
-            if runs != 1:
-                raise ValueError(
-                    f"target layer {layer!r} produced {runs} outputs in one forward; name one "
-                    f"call as '{site[0]}#k' (k counts calls from 0)"
-                )
-        self.split_index = order[-1]
+        self.elements = tuple(elements) if elements is not None else (None,) * len(sites)
+        for probe, inputs in enumerate([example, *others]):
+            order: list[int] = []
+            with (
+                torch.no_grad(),
+                call_hooks(model, sites, lambda i, _out, order=order: order.append(i)),
+            ):
+                model(inputs)
+            for position, (layer, site) in enumerate(zip(target_layers, sites, strict=True)):
+                runs = order.count(position)
+                if runs == 0:
+                    raise ValueError(_route_message(layer, f"probe image {probe}"))
+                if runs != 1:
+                    raise ValueError(
+                        f"target layer {layer!r} produced {runs} outputs in one forward; name "
+                        f"one call as '{site[0]}#k' (k counts calls from 0)"
+                    )
+            if probe == 0:
+                self.split_index = order[-1]
         self.split_layer = self.target_layers[self.split_index]
 
     def run(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
         """One forward of normalised ``x``: (split-layer output, all target outputs, logits)."""
         captured: dict[int, Tensor] = {}
 
-        def capture(index: int, output: Tensor) -> Tensor:
-            captured[index] = output
-            return output.clone()  # the model's later in-place ops must not touch what we return
+        def capture(index: int, output: Any) -> Any:
+            element = self.elements[index]
+            value = output if element is None else output[element]
+            if isinstance(value, Tensor) and len(value) != len(x):
+                return None  # a call on part of the batch (per-image routing): not this layer
+            captured[index] = value
+            if not isinstance(value, Tensor):
+                return None  # a list output before its element is chosen (a probe)
+            # the model's later in-place ops must not touch what we return
+            copied = value.clone()
+            return copied if element is None else replace_element(output, element, copied)
 
         with call_hooks(self.model, self.sites, capture):
             logits = self.model(x)
+        missing = [self.target_layers[i] for i in range(len(self.sites)) if i not in captured]
+        if missing:
+            raise ValueError(_route_message(missing[0], "this batch"))
         layers = tuple(captured[i] for i in range(len(self.sites)))
         return layers[self.split_index], layers, logits
 
@@ -103,13 +148,17 @@ class HookSplit:
             )
         split = self.split_index
 
-        def substitute(_index: int, output: Tensor) -> Tensor:
-            if output.shape != features.shape:
+        element = self.elements[split]
+
+        def substitute(_index: int, output: Any) -> Any:
+            value = output if element is None else output[element]
+            if value.shape != features.shape:
                 raise ValueError(
                     f"features of shape {tuple(features.shape)} cannot replace the output "
-                    f"{tuple(output.shape)} of {self.split_layer!r}"
+                    f"{tuple(value.shape)} of {self.split_layer!r}"
                 )
-            return features.to(output.dtype).clone()
+            new = features.to(value.dtype).clone()
+            return new if element is None else replace_element(output, element, new)
 
         with call_hooks(self.model, self.sites[split : split + 1], substitute):
             return self.model(x)

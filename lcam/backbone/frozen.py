@@ -16,8 +16,11 @@ from lcam.backbone.fallback import HookSplit, warn_fallback
 from lcam.backbone.hints import model_hints
 from lcam.backbone.layers import default_layers
 from lcam.backbone.layout import Layout, from_grid, infer_layout, mask_layout, to_grid
+from lcam.backbone.outputs import LogitsModel, OutputSelector, select_logits
+from lcam.backbone.ownership import frozen_copy
 from lcam.backbone.split import TraceError, split_graph
 from lcam.backbone.targets import call_hooks, parse_target
+from lcam.backbone.views import BackboneViews
 
 __all__ = ["BackboneOutput", "FrozenBackbone"]
 
@@ -44,13 +47,17 @@ class BackboneOutput:
     layers: tuple[Tensor, ...] = ()
 
 
-class FrozenBackbone(nn.Module):
+class FrozenBackbone(BackboneViews, nn.Module):
     """A frozen classifier that yields target-layer features and logits in one pass.
 
     Images go in as ``(B, 3, H, W)`` in ``[0, 1]``; normalisation ``(x - mean) / std`` happens
     inside, so a mask multiplied into an image turns masked pixels black. All parameters are frozen
     and the wrapped network stays in eval mode (BatchNorm statistics, Dropout off) even when a
-    trainer calls ``.train()``.
+    trainer calls ``.train()``. A module you pass is left as it is: the backbone runs a copy of
+    its structure over the same weights (:mod:`lcam.backbone.ownership`). Logits may come as a
+    tensor, ``ModelOutput``, dict or tuple (:mod:`lcam.backbone.outputs`); a stage returning a
+    list/tuple is split at its finest-grid element; :meth:`view` gives another split of the
+    same network (weights shared), so explainers on one backbone keep their own layers.
 
     The network is split with torch.fx; a model fx cannot trace (data-dependent control flow)
     falls back to forward hooks (:mod:`lcam.backbone.fallback`, with a warning): same outputs,
@@ -78,6 +85,8 @@ class FrozenBackbone(nn.Module):
             layer), when it cannot be inferred (see :mod:`lcam.backbone.layout`).
         num_prefix_tokens: class/distillation/register tokens in front of the patch tokens.
         grid: ``(h, w)`` patch grid of token layers at ``input_size``.
+        output: where the logits are in what the model returns, when the rules above do not
+            find them: a key or attribute name, an index or a callable ``output -> logits``.
     """
 
     def __init__(
@@ -95,19 +104,26 @@ class FrozenBackbone(nn.Module):
         layout: str | Sequence[str] | None = None,
         num_prefix_tokens: int | None = None,
         grid: Sequence[int] | None = None,
+        output: OutputSelector | None = None,
     ) -> None:
         super().__init__()
         if isinstance(model, nn.Module):
             if weights is not None or num_classes is not None:
                 raise ValueError("weights and num_classes apply only to a model given by name")
-            description, weights_id = describe_model(model), None
+            description, weights_id = describe_model(frozen_copy(model)), None
             model_name = f"{type(model).__module__}.{type(model).__qualname__}"
         else:
             description, weights_id = build_model(model, num_classes=num_classes, weights=weights)
             model_name = model
         self._requested_classes = num_classes
         hints = model_hints(description, input_size, mean, std, num_prefix_tokens)
-        self.model = description.network.eval().requires_grad_(False)
+        network = description.network.eval().requires_grad_(False)
+        with torch.no_grad():
+            returned = network(torch.zeros(1, 3, *hints.input_size))
+        if output is not None or not isinstance(returned, Tensor):
+            select_logits(returned, output)  # refuses an output without logits, naming output=
+            network = LogitsModel(network, output)
+        self.model = network
         self.register_buffer(
             "mean",
             torch.tensor(hints.mean, dtype=torch.float32).view(1, -1, 1, 1),
@@ -142,6 +158,7 @@ class FrozenBackbone(nn.Module):
             "layout": layout if layout is None or isinstance(layout, str) else list(layout),
             "num_prefix_tokens": num_prefix_tokens,
             "grid": list(grid) if grid else None,
+            "output": output if isinstance(output, str | int) else None,
         }
 
     def _probe_input(self, scale: int = 1) -> Tensor:
@@ -153,28 +170,41 @@ class FrozenBackbone(nn.Module):
     def default_layers(self, count: int) -> list[str]:
         """The last ``count`` stage outputs, shallow to deep (:func:`~lcam.backbone.layers.
         default_layers`): ``count=1`` is the default target layer, ``count=3`` TAME's layers."""
-        hints = self._hints
         return default_layers(
             self.model,
             self._probe_input(),
             count,
             stage_layers=self._description.stage_layers,
-            num_prefix_tokens=hints.num_prefix_tokens,
-            patch_size=hints.patch_size,
+            others=self._other_probes(),
+            **self._token_hints(),
         )
 
-    def retarget(self, target_layer: str | Sequence[str] | None) -> None:
-        """Split at other target layer(s) (see the class docstring) and probe their shapes."""
+    def retarget(
+        self, target_layer: str | Sequence[str] | None, *, default: bool | None = None
+    ) -> None:
+        """Split at other target layer(s) and probe their shapes; ``default``: the layers are
+        the default ones (``None``: ``target_layer is None``; :meth:`gradient_view` needs it)."""
         example = torch.rand(1, 3, *self.input_hw, device=self.mean.device)
+        self._default_target = target_layer is None if default is None else default
+        self.__dict__.pop("_evidence_layer", None)
         if target_layer is None:
             target_layer = self.default_layers(1)[0]
         layers = (target_layer,) if isinstance(target_layer, str) else tuple(target_layer)
         if not layers or len(set(layers)) != len(layers) or not all(layers):
             raise ValueError(f"target layers must be distinct, non-empty names, got {list(layers)}")
         self.target_layers = layers
+        self._elements: tuple[int | None, ...] | None = None
         self._split()
         with torch.no_grad():
             _, _, raw, logits = self._forward(self.normalise(example))
+        if any(not isinstance(layer, Tensor) for layer in raw):
+            self._elements = tuple(
+                None if isinstance(out, Tensor) else self._grid_element(i, out)
+                for i, out in enumerate(raw)
+            )
+            self._split()
+            with torch.no_grad():
+                _, _, raw, logits = self._forward(self.normalise(example))
         if logits.dim() != 2:
             raise ValueError(f"the model gives logits of shape {tuple(logits.shape)}, not (B, K)")
         self.layouts = tuple(self._infer_layout(i, layer) for i, layer in enumerate(raw))
@@ -194,8 +224,9 @@ class FrozenBackbone(nn.Module):
         if hasattr(self, "spec"):
             self.spec["target_layer"] = self._target_spec()
 
-    def _infer_layout(self, index: int, activations: Tensor) -> Layout:
-        """The layout of target layer ``index`` from its probe output (see ``layout.py``)."""
+    def _infer_layout(self, index: int, activations: Tensor, element: int | None = None) -> Layout:
+        """The layout of target layer ``index`` from its probe output (see ``layout.py``);
+        ``element``: its position in the layer's list/tuple output."""
         layer, option, described = self.target_layers[index], self._layout_option, self._description
         channels = None
         if described.stage_layers and described.stage_channels and layer in described.stage_layers:
@@ -205,7 +236,7 @@ class FrozenBackbone(nn.Module):
             "kind": option if option is None or isinstance(option, str) else option[index],
             "num_prefix_tokens": self._hints.num_prefix_tokens,
             "grid": self._grid_option,
-            "patch_size": self._hints.patch_size,
+            **self._token_hints(),
         }
         try:
             return infer_layout(activations.shape, self.input_hw, **options)
@@ -214,7 +245,8 @@ class FrozenBackbone(nn.Module):
                 raise ValueError(f"target layer {layer!r}: {error}") from None
             try:  # a second probe at twice the size: the dimensions that grow are spatial
                 with torch.no_grad():
-                    larger = self._forward(self._probe_input(2))[2][index].shape
+                    larger = self._forward(self._probe_input(2))[2][index]
+                larger = (larger if isinstance(larger, Tensor) else larger[element]).shape
             except Exception:  # the model does not run at another size: the first error stands
                 raise ValueError(f"target layer {layer!r}: {error}") from None
             size = (2 * self.input_hw[0], 2 * self.input_hw[1])
@@ -231,9 +263,15 @@ class FrozenBackbone(nn.Module):
     def _split(self) -> None:
         # Held outside the module tree so parameters are registered (and saved) once, via `model`.
         try:
-            split = split_graph(self.model, self.target_layers)
+            split = split_graph(self.model, self.target_layers, self._elements)
         except TraceError as error:
-            fallback = HookSplit(self.model, self.target_layers, self._probe_input())
+            fallback = HookSplit(
+                self.model,
+                self.target_layers,
+                self._probe_input(),
+                self._other_probes(),
+                self._elements,
+            )
             warn_fallback(self.model, str(error.__cause__ or error))
             self.__dict__.update(_fallback=fallback, _body=None, _tail=None)
             self.target_layer, self._num_skips = fallback.split_layer, 1

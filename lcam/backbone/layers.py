@@ -47,13 +47,20 @@ _POOLING_TYPES = (
 )
 
 
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+
+
 @dataclass(frozen=True)
 class LayerSurvey:
-    """One module call whose output holds a grid: its target name, layout and grid size."""
+    """One module call whose output holds a grid: its target name, layout and grid size;
+    ``channels`` its channel count and ``class_scores`` whether its global mean or max is the
+    logits (a class-score map, SqueezeNet's last convolution)."""
 
     name: str
     layout: Layout
     size: tuple[int, int]
+    channels: int = 0
+    class_scores: bool = False
 
 
 def _is_pooling(module: nn.Module) -> bool:
@@ -76,17 +83,13 @@ def _attention_names(model: nn.Module) -> list[str]:
     ]
 
 
-def survey_layers(
-    model: nn.Module,
-    example: Tensor,
-    *,
-    num_prefix_tokens: int | None = None,
-    patch_size: int | None = None,
-) -> list[LayerSurvey]:
-    """Every module call of one forward of normalised ``example`` ``(1, 3, H, W)`` whose output
-    holds a grid larger than 1x1, in the order the calls complete (see the module docstring)."""
+def _record_calls(
+    model: nn.Module, example: Tensor
+) -> tuple[list[tuple[str, int, Tensor, nn.Module]], dict[str, int], Any]:
+    """One forward of ``example`` with hooks on every module: the tensor outputs as
+    ``(name, call index, output, producing module)`` in completion order, the call counts
+    and the model's output."""
     names = {module: name for name, module in model.named_modules() if name}
-    attention = _attention_names(model)
     producer: dict[int, nn.Module] = {}
     records: list[tuple[str, int, Tensor, nn.Module]] = []
     calls: dict[str, int] = {}
@@ -102,10 +105,47 @@ def survey_layers(
     handles = [module.register_forward_hook(record) for module in names]
     try:
         with torch.no_grad():
-            model(example)
+            result = model(example)
     finally:
         for handle in handles:
             handle.remove()
+    return records, calls, result
+
+
+def _pools_to_logits(output: Tensor, layout: Layout, logits: Any) -> bool:
+    """Whether a map's global mean or max over its grid is the ``(1, K)`` logits."""
+    if layout.kind == "tokens" or not isinstance(logits, Tensor) or logits.dim() != 2:
+        return False
+    grid = output if layout.kind == "nchw" else output.permute(0, 3, 1, 2)
+    if grid.shape[:2] != logits.shape:
+        return False
+    pooled = (grid.mean(dim=(2, 3)), grid.amax(dim=(2, 3)))
+    return any(torch.allclose(p, logits, rtol=1e-4, atol=1e-5) for p in pooled)
+
+
+def survey_layers(
+    model: nn.Module,
+    example: Tensor,
+    *,
+    others: Sequence[Tensor] = (),
+    **token_hints: Any,
+) -> list[LayerSurvey]:
+    """Every module call of one forward of normalised ``example`` ``(1, 3, H, W)`` whose output
+    holds a grid larger than 1x1, in the order the calls complete (see the module docstring).
+
+    Args:
+        others: more normalised inputs; a call that does not also run on each of them (a
+            module one route of a data-dependent model takes) is left out.
+        token_hints: ``num_prefix_tokens``, ``patch_size``, ``declared_prefix_tokens``,
+            ``patch_grid`` (see :func:`~lcam.backbone.layout.infer_layout`).
+    """
+    attention = _attention_names(model)
+    records, calls, logits = _record_calls(model, example)
+    everywhere = None
+    for other in others:
+        _, other_calls, _ = _record_calls(model, other)
+        ran = {(n, i) for n, c in other_calls.items() for i in range(c) if c == calls.get(n)}
+        everywhere = ran if everywhere is None else everywhere & ran
     image = (int(example.shape[-2]), int(example.shape[-1]))
     found = []
     for name, index, output, made_by in records:
@@ -113,18 +153,36 @@ def survey_layers(
             continue
         if any(name == a or name.startswith(a + ".") for a in attention):
             continue
+        if everywhere is not None and (name, index) not in everywhere:
+            continue
+        if isinstance(model.get_submodule(name), _PASS_THROUGH):
+            continue  # another module's output, unchanged in eval mode
         try:
-            layout = infer_layout(
-                output.shape, image, num_prefix_tokens=num_prefix_tokens, patch_size=patch_size
-            )
+            layout = infer_layout(output.shape, image, **token_hints)
         except ValueError:
             if output.dim() != 4 or output.shape[-1] < 2 or output.shape[-2] < 2:
                 continue
             layout = Layout("nchw")  # both map readings fit: settled later for the chosen layer
         size = layout.grid if layout.kind == "tokens" else _map_size(output, layout)
         if size is not None and size[0] > 1 and size[1] > 1:
-            found.append(LayerSurvey(site_name(name, index, calls[name]), layout, size))
-    return found
+            channels = int(output.shape[1 if layout.kind == "nchw" else -1])
+            scores = _pools_to_logits(output, layout, logits)
+            name = site_name(name, index, calls[name])
+            found.append(LayerSurvey(name, layout, size, channels, scores))
+    return _without_class_scores(found)
+
+
+def _without_class_scores(found: list[LayerSurvey]) -> list[LayerSurvey]:
+    """``found`` without a trailing class-score map and the layers of the same class count
+    that lead to it (SqueezeNet's final 1x1 convolution and its ReLU): they are scores of the
+    ``K`` classes, not features."""
+    marked = [i for i, layer in enumerate(found) if layer.class_scores]
+    if not marked:
+        return found
+    start = marked[-1]
+    while start > 0 and found[start - 1].channels == found[marked[-1]].channels:
+        start -= 1
+    return found[:start] if start > 0 else found
 
 
 def _map_size(output: Tensor, layout: Layout) -> tuple[int, int]:
@@ -221,34 +279,54 @@ def _last_per_resolution(
     return chosen
 
 
+def _tensor_outputs(model: nn.Module, example: Tensor, layers: Sequence[str]) -> bool:
+    """Whether every module in ``layers`` returns a tensor (not a list or tuple)."""
+    kinds: list[bool] = []
+    hooks = [
+        model.get_submodule(name).register_forward_hook(
+            lambda _m, _i, output: kinds.append(isinstance(output, Tensor))
+        )
+        for name in layers
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return all(kinds)
+
+
 def default_layers(
     model: nn.Module,
     example: Tensor,
     count: int,
     *,
     stage_layers: Sequence[str] | None = None,
-    num_prefix_tokens: int | None = None,
-    patch_size: int | None = None,
+    others: Sequence[Tensor] = (),
+    **token_hints: Any,
 ) -> list[str]:
     """The last ``count`` stage outputs of ``model``, shallow to deep (see the module docstring).
 
     Args:
         model: the network; ``example`` a normalised ``(1, 3, H, W)`` input it accepts.
         count: 1 for the default target layer, 3 for TAME.
-        stage_layers: the model's own stage outputs, when it describes them.
-        num_prefix_tokens, patch_size: token hints for the survey.
+        stage_layers: the model's own stage outputs, when it describes them; not used when
+            a stage returns a list or tuple (HRNet's branches, PiT's ``(x, cls_tokens)``):
+            the survey then finds the tensors (HRNet's own fusion layer).
+        others: more inputs for the survey (see :func:`survey_layers`).
+        token_hints: token hints for the survey (see :func:`survey_layers`).
 
     Raises:
         ValueError: when no rule applies, asking for ``target_layer`` explicitly.
     """
     if stage_layers is not None and len(stage_layers) >= count:
-        return list(stage_layers[-count:])
+        if _tensor_outputs(model, example, stage_layers[-count:]):
+            return list(stage_layers[-count:])
     paper = _paper_layers(model, count)
     if paper is not None:
         return paper
-    found = survey_layers(
-        model, example, num_prefix_tokens=num_prefix_tokens, patch_size=patch_size
-    )
+    found = survey_layers(model, example, others=others, **token_hints)
     if not found:
         raise ValueError(
             f"could not find a target layer of {type(model).__name__} automatically (no module "

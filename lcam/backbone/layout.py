@@ -123,14 +123,26 @@ def _spatial_fits(size: tuple[int, int], image: tuple[int, int]) -> bool:
 
 
 def _token_candidates(
-    tokens: int, image: tuple[int, int], prefix: int | None, patch: int | None
+    tokens: int,
+    image: tuple[int, int],
+    prefix: int | None,
+    patch: int | None,
+    declared: int | None = None,
+    patch_grid: tuple[int, int] | None = None,
 ) -> list[Layout]:
     """Every ``(prefix tokens, grid)`` reading of ``tokens`` consistent with the image: those
-    on the patch embedding's grid when the patch size is known and some fit, else every grid
-    of square patches (merged stages such as Swin's are coarser than the embedding)."""
-    prefixes = [prefix] if prefix is not None else list(range(MAX_PREFIX_TOKENS + 1))
-    if patch is not None:
-        grid = (image[0] // patch, image[1] // patch)
+    on the patch embedding's grid when the patch size (or grid) is known and some fit, else
+    every grid of square patches (merged stages such as Swin's are coarser than the embedding).
+    A model that declares ``declared`` prefix tokens has them at a layer or not yet (CaiT and
+    XCiT add the class token after their patch blocks): ``0`` or ``declared``."""
+    if prefix is not None:
+        prefixes = [prefix]
+    elif declared is not None:
+        prefixes = sorted({0, declared})
+    else:
+        prefixes = list(range(MAX_PREFIX_TOKENS + 1))
+    if patch is not None or patch_grid is not None:
+        grid = patch_grid or (image[0] // patch, image[1] // patch)  # type: ignore[operator]
         on_patches = [
             Layout("tokens", p, grid) for p in prefixes if tokens - p == grid[0] * grid[1]
         ]
@@ -165,6 +177,8 @@ def infer_layout(
     num_prefix_tokens: int | None = None,
     grid: tuple[int, int] | None = None,
     patch_size: int | None = None,
+    declared_prefix_tokens: int | None = None,
+    patch_grid: tuple[int, int] | None = None,
 ) -> Layout:
     """The layout of a layer output of ``shape`` probed at an ``(H, W)`` image.
 
@@ -175,8 +189,10 @@ def infer_layout(
             (dimensions that change with the input size are spatial).
         channels: the layer's known channel count (e.g. from timm's ``feature_info``).
         kind: the layout the user gave (``layout=``); checked against the shape.
-        num_prefix_tokens, grid: the user's or model's token description.
+        num_prefix_tokens, grid: the user's token description (exact).
         patch_size: the model's patch size, which fixes a token grid.
+        declared_prefix_tokens: the prefix tokens the model declares (a layer has them or none).
+        patch_grid: ``(h, w)`` patch grid of the built model at ``image``.
 
     Raises:
         ValueError: for an output with no grid or one the evidence cannot settle, naming the
@@ -193,9 +209,14 @@ def infer_layout(
             if prefix < 0 or prefix + grid[0] * grid[1] != shape[1]:
                 raise _fail(shape, f"grid={grid} and {prefix} prefix tokens do not add up", "grid=")
             return Layout("tokens", prefix, tuple(grid))
-        found = _token_candidates(shape[1], image, num_prefix_tokens, patch_size)
+        declared = declared_prefix_tokens
+        found = _token_candidates(
+            shape[1], image, num_prefix_tokens, patch_size, declared, patch_grid
+        )
         if second is not None and len(found) > 1:
-            other = _token_candidates(second[0][1], second[1], num_prefix_tokens, patch_size)
+            other = _token_candidates(
+                second[0][1], second[1], num_prefix_tokens, patch_size, declared
+            )
             prefixes = {layout.num_prefix_tokens for layout in other}
             found = [layout for layout in found if layout.num_prefix_tokens in prefixes]
         if len(found) == 1:

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from lcam.backbone.targets import CallSite, parse_target
+from lcam.backbone.targets import CallSite, parse_target, replace_element
 
 __all__ = ["Split", "TraceError", "add_into_first", "split_graph"]
 
@@ -138,12 +138,31 @@ class Split:
     num_skips: int
 
 
-def split_graph(model: nn.Module, target_layers: Sequence[str]) -> Split:
+def _select_element(graph: fx.Graph, node: fx.Node, index: int) -> fx.Node:
+    """Make element ``index`` of the list/tuple ``node`` returns a node of its own, and route
+    every later use of ``node`` through :func:`replace_element` with that node, so that the
+    element can be split at and replaced while the other elements pass unchanged."""
+    users = list(node.users)
+    with graph.inserting_after(node):
+        element = graph.call_function(operator.getitem, (node, index))
+    with graph.inserting_after(element):
+        rebuilt = graph.call_function(replace_element, (node, index, element))
+    for user in users:
+        user.replace_input_with(node, rebuilt)
+    return element
+
+
+def split_graph(
+    model: nn.Module,
+    target_layers: Sequence[str],
+    elements: Sequence[int | None] | None = None,
+) -> Split:
     """Split ``model`` after the deepest of ``target_layers`` (module, call-site or fx node
     names, see :mod:`lcam.backbone.targets`).
 
     ``body: x -> (F, *skips, *layers)`` and ``tail: (F, *skips) -> logits``, where ``F`` is the
     output of the target layer that runs last and ``layers`` the outputs of all target layers.
+    ``elements[i]`` (when not ``None``) picks one element of layer ``i``'s list/tuple output.
     """
     modules = dict(model.named_modules())
     sites = [parse_target(layer, modules) for layer in target_layers]
@@ -166,6 +185,10 @@ def split_graph(model: nn.Module, target_layers: Sequence[str]) -> Split:
     layer_nodes = [
         _target_node(nodes, layer, site) for layer, site in zip(target_layers, sites, strict=True)
     ]
+    for i, element in enumerate(elements or ()):
+        if element is not None:
+            layer_nodes[i] = _select_element(graph, layer_nodes[i], element)
+    nodes = list(graph.nodes)
     split_index = max(range(len(layer_nodes)), key=lambda i: nodes.index(layer_nodes[i]))
     split_node = layer_nodes[split_index]
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["CallSite", "call_hooks", "parse_target"]
+__all__ = ["CallSite", "call_hooks", "parse_target", "replace_element"]
 
 CallSite = tuple[str, int | None]  # (module name, call index or None for "the only call")
 
@@ -35,6 +35,17 @@ def parse_target(target: str, modules: dict[str, nn.Module]) -> CallSite | None:
     if target in modules and target:
         return target, None
     return None
+
+
+def replace_element(outputs: Any, index: int, value: Tensor) -> Any:
+    """A list or tuple layer output with element ``index`` replaced by ``value`` (the other
+    elements kept): how features of one branch of a multi-branch stage (HRNet, CrossViT) or
+    the map of a stage that returns ``(x, cls_tokens)`` (PiT) go back into the network."""
+    items = list(outputs)
+    items[index] = value
+    if isinstance(outputs, list):
+        return items
+    return type(outputs)(*items) if hasattr(outputs, "_fields") else tuple(items)
 
 
 def site_name(module: str, index: int, calls: int) -> str:

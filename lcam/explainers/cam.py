@@ -71,7 +71,9 @@ class ChannelWeightCAM(Explainer):
     needs_gradients: ClassVar[bool] = True
 
     def __init__(self, backbone: FrozenBackbone, relu: bool = True) -> None:
-        super().__init__(backbone)
+        # At a default layer the class evidence does not reach (a class-token ViT's last
+        # block) the gradient CAMs take the input of the last attention instead.
+        super().__init__(backbone.gradient_view() if self.needs_gradients else backbone)
         self.relu = relu
         # one feature_pass: one forward, and one backward (through the tail) for gradients
         self.backward_passes = float(self.needs_gradients)

@@ -57,6 +57,8 @@ def test_torchvision_family_defaults(family: str) -> None:
     assert backbone.feature_size == ((4, 4) if family == "vgg" else (2, 2))
     assert backbone.default_layers(3) == tame
     explainer = lcam.build_explainer(backbone, head="tame")
+    assert backbone.target_layers == (target,)  # the explainer splits its own view
+    backbone = explainer.backbone
     assert backbone.target_layers == tuple(tame)
     assert backbone.layer_sizes == ((8, 8), (4, 4), (2, 2))  # three stages, fine to coarse
     images = torch.rand(1, 3, 64, 64)

@@ -87,7 +87,7 @@ def test_the_split_output_can_be_captured_by_call_site() -> None:
     model = SharedActivation().eval()
     backbone = lcam.FrozenBackbone(model, input_size=32)
     images = torch.rand(2, 3, 32, 32)
-    with backbone.capture_split_output() as outputs:
-        model(backbone.normalise(images))
+    with backbone.capture_split_output() as outputs:  # the backbone runs its own copy
+        backbone.model(backbone.normalise(images))
     assert len(outputs) == 1
     torch.testing.assert_close(outputs[0], backbone.run(images).features)

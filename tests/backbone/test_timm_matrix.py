@@ -112,16 +112,14 @@ def test_defaults_logits_and_gradcam_against_captum(family):
     x = images(family)
     assert backbone.input_size in (size, (size, size))  # from the model, not 224
     check_logits(backbone, network, x)
-    if family not in CLASS_TOKEN_POOLED:
-        check_gradcam_matches_captum(backbone, network, layout, prefix, x)
-        return
-    # Only the class token of the last block reaches the logits: Grad-CAM there is all zero,
-    # which must be flagged, never returned silently. The block before it is compared instead.
-    with pytest.warns(UserWarning, match="gradcam"):
-        explanation = lcam.get_explainer("gradcam", backbone).explain(x)
-    assert explanation.degenerate.all()
-    earlier = FrozenBackbone(network, target_layer=description.stage_layers[-2])
-    check_gradcam_matches_captum(earlier, network, layout, prefix, x)
+    gradcam = lcam.get_explainer("gradcam", backbone)
+    if family in CLASS_TOKEN_POOLED:
+        # Only the class token of the last block reaches the logits: the gradient CAMs take
+        # the input of its attention, where the class evidence reaches the patch tokens.
+        assert gradcam.backbone.target_layer == f"{description.stage_layers[-1]}.norm1"
+        assert backbone.target_layer == description.stage_layers[-1]  # heads keep theirs
+    assert not gradcam.explain(x).degenerate.any()
+    check_gradcam_matches_captum(backbone, network, layout, prefix, x)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -30,7 +30,8 @@ def test_default_layers_fusion_shapes_and_one_pass(model, layers, finest) -> Non
     assert default_tame_layers(model) == layers
     backbone = lcam.FrozenBackbone(model, input_size=64)
     explainer = lcam.build_explainer(backbone, head="tame")
-    assert backbone.target_layers == tuple(layers) and backbone.target_layer == layers[-1]
+    layered = explainer.backbone  # the explainer's own view; `backbone` keeps its one layer
+    assert layered.target_layers == tuple(layers) and layered.target_layer == layers[-1]
     images = torch.rand(2, 3, 64, 64)
     first_conv = next(m for m in backbone.model.modules() if isinstance(m, torch.nn.Conv2d))
     calls = []
@@ -50,7 +51,6 @@ def test_branches_are_residual_and_fused_by_one_conv() -> None:
     head = TAMEHead([4, 6], num_classes=3).eval()
     for branch in head.branches:
         torch.nn.init.zeros_(branch.conv.weight)
-        torch.nn.init.zeros_(branch.conv.bias)
         torch.nn.init.zeros_(branch.norm.bias)
     fine, coarse = torch.rand(1, 4, 4, 4), torch.rand(1, 6, 2, 2)
     upsampled = torch.nn.functional.interpolate(coarse, size=(4, 4), mode="bilinear")

@@ -3,7 +3,7 @@
 One folder holds good images in every PIL mode the reader must convert, an EXIF-rotated JPEG, and
 files that must fail (corrupt, truncated, not an image, empty, decompression bombs, a dangling
 symlink). The run, a re-run and an ``--overwrite`` run are made once per module; the tests check
-their outputs. A last test kills an infer.py process mid-run and finishes the job with a re-run.
+their outputs (an infer.py process killed mid-run: ``test_killed_run.py``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ import contextlib
 import io
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -363,75 +359,3 @@ def test_folder_without_images_is_a_usage_error(tmp_path, checkpoint, content) -
     assert len(message.splitlines()) == 1, stderr
     assert "no images" in message and str(folder) in message, stderr
     assert not (tmp_path / "o").exists()
-
-
-def test_killed_run_leaves_only_complete_files_and_a_rerun_finishes(tmp_path, checkpoint) -> None:
-    folder, out = tmp_path / "in", tmp_path / "out"
-    folder.mkdir()
-    rng = np.random.default_rng(7)
-    count, side = 40, 384
-    ramp = np.linspace(0, 255, side, dtype=np.float32)
-    for index in range(count):
-        picture = (ramp[None, :, None] + rng.normal(0, 20, (side, side, 3))).clip(0, 255)
-        Image.fromarray(picture.astype(np.uint8)).save(folder / f"img{index:02d}.jpg", quality=80)
-    command = [
-        sys.executable,
-        str(ROOT / "infer.py"),
-        "--checkpoint",
-        str(checkpoint),
-        "--input",
-        str(folder),
-        "--output",
-        str(out),
-        "--batch-size",
-        "1",
-        "--num-workers",
-        "0",
-        "--no-progress",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 60
-    try:
-        journal = out / "predictions.jsonl"
-        # Kill once a record is journaled (after its files): the journal is then checked too.
-        while not (journal.is_file() and journal.stat().st_size > 0):
-            assert process.poll() is None, process.communicate()[0].decode()
-            assert time.monotonic() < deadline, "no record journaled within 60 s"
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL
-    maps = sorted(out.glob("*.npy"))
-    assert 0 < len(maps) < count, f"kill came too late to test anything: {len(maps)} maps"
-    for path in maps:  # every file under a final name is complete
-        assert np.load(path).shape == (side, side), path
-    for path in out.glob("*.png"):
-        with Image.open(path) as image:
-            image.load()
-            assert image.size == (side, side), path
-    # The journal right after the kill: whole JSON lines, each naming files that are complete.
-    lines = (out / "predictions.jsonl").read_text().splitlines()
-    assert 0 < len(lines) <= len(maps)  # a record only once its files are in place
-    for line in lines:
-        record = json.loads(line)  # raises on a cut line
-        assert np.load(out / record["map"]).shape == (side, side), record
-        with Image.open(out / record["overlay"]) as image:
-            image.load()
-            assert image.size == (side, side), record
-
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    records = _jsonl(out / "predictions.jsonl")
-    assert sorted(r["name"] for r in records) == [f"img{i:02d}.jpg" for i in range(count)]
-    for index in range(count):
-        assert np.load(out / f"img{index:02d}.jpg.map.npy").shape == (side, side)
-        with Image.open(out / f"img{index:02d}.jpg.overlay.png") as image:
-            image.load()
-    assert not list(out.rglob("*.partial")) and not list(out.glob(".claims*"))

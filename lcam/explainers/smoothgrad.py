@@ -74,6 +74,13 @@ class SmoothGrad(Explainer):
         reduce_channels(torch.zeros(1, 3, 1, 1), reduce)
         self.num_samples, self.stdev, self.aggregate = num_samples, stdev, aggregate
         self.batch_size, self.seed, self.reduce = batch_size, seed, reduce
+        self._count_passes(num_samples)
+
+    def _count_passes(self, draws: int) -> None:
+        """Per-image passes of a call with ``draws`` noisy copies (stated before any call)."""
+        forward, backward = self._per_point()
+        self.forward_passes = 1.0 + draws * forward
+        self.backward_passes = draws * backward
 
     def _per_point(self) -> tuple[float, float]:
         """Forward and backward passes the wrapped method spends per noisy image."""
@@ -118,9 +125,7 @@ class SmoothGrad(Explainer):
             squares.index_add_(0, index, chunk.square())
         mean = total / len(noise)
         result = mean if self.aggregate == "smoothgrad" else squares / len(noise) - mean.square()
-        forward, backward = self._per_point()
-        self.forward_passes = 1.0 + len(noise) * forward
-        self.backward_passes = len(noise) * backward
+        self._count_passes(len(noise))
         return result, logits, resolved
 
     def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:

@@ -14,6 +14,7 @@ an exception is raised.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
@@ -135,9 +136,11 @@ class Explainer(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Floating dtype the network computes in (that of its first floating parameter)."""
-        floating = (p.dtype for p in self.backbone.model.parameters() if p.is_floating_point())
-        return next(floating, self.backbone.mean.dtype)
+        """Floating dtype the network computes in (its first floating parameter's; float32 when
+        it has none or is not a torch network, e.g. an ONNX session)."""
+        model = getattr(self.backbone, "model", None)
+        parameters = model.parameters() if isinstance(model, nn.Module) else ()
+        return next((p.dtype for p in parameters if p.is_floating_point()), torch.float32)
 
     @abstractmethod
     def compute_maps(self, images: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
@@ -177,13 +180,16 @@ class Explainer(nn.Module):
         """
         given = check_images(images)
         images = given.to(self.device, self.dtype)
-        with count_passes(self.backbone) as count:
+        # a torch network's passes are measured (the method's only, not the warning's probe);
+        # an explainer on something else (an ONNX session) reports the passes it states
+        measured = isinstance(self.backbone, FrozenBackbone)
+        with count_passes(self.backbone) if measured else contextlib.nullcontext() as count:
             raw_maps, logits, resolved = self.compute_maps(images, targets)
-            raw_maps = self._check_outputs(images, raw_maps.detach().float(), logits, resolved)
-            degenerate = degenerate_maps(raw_maps)
-            if bool(degenerate.any()):  # the first warning may probe the backbone: counted too
-                self._warn_degenerate(raw_maps, degenerate)
-        passes = count.per_image(len(images))
+        passes = count.per_image(len(images)) if count is not None else self.stated_passes()
+        raw_maps = self._check_outputs(images, raw_maps.detach().float(), logits, resolved)
+        degenerate = degenerate_maps(raw_maps)
+        if bool(degenerate.any()):
+            self._warn_degenerate(raw_maps, degenerate)
         shown = self.activate(raw_maps)
         maps = normalise_maps(upsample_maps(shown, tuple(images.shape[-2:])))
         maps = maps.to(given.dtype)
@@ -200,6 +206,16 @@ class Explainer(nn.Module):
             untrained=self.untrained_targets(resolved),
             backward_to_input=passes["backward_to_input"],
         )
+
+    def stated_passes(self) -> dict[str, float]:
+        """The per-image counts the method states (see the class docstring), by the names of
+        :class:`Explanation`'s fields; no stated backward pass reaches the image."""
+        return {
+            "forward_passes": float(self.forward_passes),
+            "tail_passes": float(self.tail_passes),
+            "backward_passes": float(self.backward_passes),
+            "backward_to_input": 0.0,
+        }
 
     def untrained_targets(self, targets: Tensor) -> Tensor | None:
         """``(B,)`` bool flags of ``targets`` ``(B,)`` the method was never trained to explain,

@@ -95,21 +95,39 @@ def cases() -> list[tuple[str, str]]:
 
 
 class PassHooks:
-    """Counts images through the first layer and the classifier, and gradient batches at both."""
+    """Counts images through the first layer and the classifier, and gradient batches at both,
+    while the explainer's method (``compute_maps``) runs: not what ``explain`` may run around it
+    (the one-time degenerate-map warning may probe the backbone for a better layer)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, explainer: Explainer) -> None:
         self.full = self.logits = self.backward = self.backward_to_input = 0
+        self.active = False
+        self.explainer, method = explainer, explainer.compute_maps
+
+        def counted(*args: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            self.active = True
+            try:
+                return method(*args)
+            finally:
+                self.active = False
+
+        explainer.compute_maps = counted
+        model = explainer.backbone.model
         self.handles = [
             model.get_submodule("stem.0").register_forward_hook(self._first),
             model.get_submodule("fc").register_forward_hook(self._last),
         ]
 
     def _first(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if not self.active:
+            return
         self.full += output.shape[0]
         if output.requires_grad:  # a backward from here on reaches the image
             output.register_hook(lambda grad: self._add("backward_to_input", grad))
 
     def _last(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if not self.active:
+            return
         self.logits += output.shape[0]
         if output.requires_grad:
             output.register_hook(lambda grad: self._add("backward", grad))
@@ -125,6 +143,7 @@ class PassHooks:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        del self.explainer.compute_maps  # the class's method again
 
 
 def state(explainer: Explainer) -> dict[str, object]:

@@ -28,9 +28,9 @@ class Explanation:
       saliency): ``backward_to_input`` counts those that reached it (gradient batches arriving
       at the network's input, divided by ``B``).
 
-The counts are measured while the method runs (:mod:`lcam.explainers.passes`), so they hold on
-every backbone path: under the hook fallback (models torch.fx cannot trace) a tail pass re-runs
-the whole network and is counted as a full forward.
+    The counts are measured while the method runs (:mod:`lcam.explainers.passes`), so they hold
+    on every backbone path: under the hook fallback (models torch.fx cannot trace) a tail pass
+    re-runs the whole network and is counted as a full forward.
 
     Attributes:
         maps: ``(B, H, W)`` float maps in [0, 1] at the input resolution (1 = most relevant).

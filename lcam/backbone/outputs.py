@@ -45,7 +45,8 @@ def select_logits(output: Any, selector: OutputSelector | None = None) -> Tensor
     if callable(selector):
         found: Any = selector(output)
     elif isinstance(selector, int):
-        found = output[selector] if isinstance(output, list | tuple) else None
+        sequence = isinstance(output, list | tuple) and -len(output) <= selector < len(output)
+        found = output[selector] if sequence else None
     elif isinstance(selector, str):
         found = (
             output.get(selector) if isinstance(output, dict) else getattr(output, selector, None)

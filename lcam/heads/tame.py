@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from lcam.backbone import BackboneOutput, FrozenBackbone, default_layers
 from lcam.heads.conv import LCAMImgHead
+from lcam.heads.norm import GlobalBatchNorm2d
 
 __all__ = ["SharedTAMEHead", "TAMEHead", "default_tame_layers"]
 
@@ -57,15 +58,40 @@ def default_tame_layers(model: nn.Module, input_size: int | tuple[int, int] = 22
 
 
 class _Branch(nn.Module):
-    """``ReLU(BN(conv1x1(F)) + F)``: ``(B, C, h, w)`` -> ``(B, C, h, w)``."""
+    """``ReLU(BN(conv1x1(F)) + F)``: ``(B, C, h, w)`` -> ``(B, C, h, w)``.
+
+    BN normalises with the statistics of the whole global batch under data-parallel training
+    (:class:`~lcam.heads.norm.GlobalBatchNorm2d`), so a DDP run trains the same head as one
+    process with the same global batch.
+
+    The convolution has no bias: BN subtracts each channel's mean, so a bias before it cancels
+    exactly and its true gradient is 0. What autograd returns is rounding noise, which Adam
+    rescales into full-size steps (the bias wandered by ~1e-3 per step, differently in a DDP and
+    a single-process run, and shifted the eval-mode maps through the running mean). The bias is
+    still drawn at construction and then dropped, so a seeded head starts from the same weights
+    as before; a checkpoint that holds ``conv.bias`` loads exactly, its bias folded into
+    ``norm.running_mean`` (eval mode computes ``conv(F) + b - running_mean``).
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, kernel_size=1)
-        self.norm = nn.BatchNorm2d(channels)
+        self.conv.register_parameter("bias", None)
+        self.norm = GlobalBatchNorm2d(channels)
+        self.register_load_state_dict_pre_hook(_fold_conv_bias)
 
     def forward(self, features: Tensor) -> Tensor:
         return F.relu(self.norm(self.conv(features)) + features)
+
+
+def _fold_conv_bias(
+    module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object
+) -> None:
+    """Load hook: move an old checkpoint's ``conv.bias`` ``(C,)`` into ``norm.running_mean``."""
+    bias = state_dict.pop(prefix + "conv.bias", None)
+    running_mean = prefix + "norm.running_mean"
+    if bias is not None and running_mean in state_dict:
+        state_dict[running_mean] = state_dict[running_mean] - bias
 
 
 class TAMEHead(LCAMImgHead):

@@ -11,23 +11,36 @@ single-process ones. Perturbation metrics take any callable ``images -> logits``
 - Localisation: :class:`PointingGame`, :class:`EnergyPointingGame`, :class:`MaskIoU`
   (:func:`boxes_to_masks` turns boxes into masks).
 - Robustness: :class:`MaxSensitivity`.
+- Quantus-style (each compared with Quantus or captum in its tests):
+  :class:`FaithfulnessCorrelation`, :class:`Monotonicity`, :class:`Infidelity` (faithfulness),
+  :class:`Sparseness` (complexity), :class:`RandomLogit` (randomisation).
 """
 
 from lcam.metrics.common import soft_keep_masks
 from lcam.metrics.deletion import DeletionInsertion, trapezoid_auc
 from lcam.metrics.faithfulness import AverageDropIncrease
+from lcam.metrics.faithfulness_correlation import FaithfulnessCorrelation
+from lcam.metrics.infidelity import Infidelity
 from lcam.metrics.localisation import EnergyPointingGame, MaskIoU, PointingGame, boxes_to_masks
+from lcam.metrics.monotonicity import Monotonicity
+from lcam.metrics.random_logit import RandomLogit
 from lcam.metrics.road import ROAD, noisy_linear_imputation
 from lcam.metrics.robustness import MaxSensitivity
+from lcam.metrics.sparseness import Sparseness
 
 __all__ = [
     "ROAD",
     "AverageDropIncrease",
     "DeletionInsertion",
     "EnergyPointingGame",
+    "FaithfulnessCorrelation",
+    "Infidelity",
     "MaskIoU",
     "MaxSensitivity",
+    "Monotonicity",
     "PointingGame",
+    "RandomLogit",
+    "Sparseness",
     "boxes_to_masks",
     "noisy_linear_imputation",
     "soft_keep_masks",

@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, Python puts benchmarks/ first on the path, where its modules would shadow
 # top-level names (``models``, ``memory``, ...); import them as the ``benchmarks`` package instead.
@@ -42,6 +44,7 @@ from benchmarks.measure import measure  # noqa: E402
 from benchmarks.memory import peak_tensor_mb  # noqa: E402
 from benchmarks.models import MODELS  # noqa: E402
 from benchmarks.rows import Row, markdown_table, number, write_json  # noqa: E402
+from lcam._io import progress  # noqa: E402
 
 # What tests and notebooks use from this script.
 __all__ = [
@@ -122,9 +125,9 @@ def _progress(index: int, total: int, row: Row, seconds: float) -> None:
         result = f"{number(row.ms_per_image)} ms/image, x{number(row.ratio)}"
     else:
         result = f"{row.status}: {row.note}"
-    print(
-        f"[{index}/{total}] {row.model} {row.method}: {result} ({seconds:.0f} s)", file=sys.stderr
-    )
+    # Above the bar on a terminal (tqdm.write), a plain line in a log.
+    line = f"[{index}/{total}] {row.model} {row.method}: {result} ({seconds:.0f} s)"
+    tqdm.write(line, sys.stderr)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -148,6 +151,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "Score-CAM",
     )
     parser.add_argument("--json", type=Path, help="write the rows and machine info here")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--max-seconds",
         type=float,
@@ -216,17 +220,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_info(args.threads)
     pairs = [(model, method) for model in args.models for method in args.methods]
     rows: list[Row] = []
-    for index, (model, method) in enumerate(pairs, 1):
-        start = time.perf_counter()
-        reason = skip_reason(model, method, args.quick)
-        if reason is not None:
-            row = Row(model, method, status="skipped", note=reason)
-        else:
-            row = run_child(model, method, args)
-        rows.append(row)
-        _progress(index, len(pairs), row, time.perf_counter() - start)
-        if args.json:  # keep what is done if a long suite is interrupted
-            write_json(args.json, machine, rows, settings)
+    with progress(len(pairs), "benchmarks", "run", enabled=not args.no_progress) as bar:
+        for index, (model, method) in enumerate(pairs, 1):
+            start = time.perf_counter()
+            reason = skip_reason(model, method, args.quick)
+            if reason is not None:
+                row = Row(model, method, status="skipped", note=reason)
+            else:
+                row = run_child(model, method, args)
+            rows.append(row)
+            _progress(index, len(pairs), row, time.perf_counter() - start)
+            bar.update(1)
+            if args.json:  # keep what is done if a long suite is interrupted
+                write_json(args.json, machine, rows, settings)
     machine["load_average_end"] = load_average()
     load = ", ".join(f"{value:.2f}" for value in machine["load_average"] or [])
     print(

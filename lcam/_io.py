@@ -1,4 +1,5 @@
-"""File helpers every layer may use: durable atomic writes, JSON lines, data-only loading.
+"""I/O helpers every layer may use: durable atomic writes, JSON lines, data-only loading, and
+progress on stderr (:func:`progress`: a tqdm bar on a terminal, a line per N % in logs).
 
 An output is written to a hidden temporary file of its own beside its destination, flushed to disk
 (``fsync``), renamed over the destination (``os.replace``, atomic on POSIX) and the folder entry
@@ -9,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
+from tqdm.auto import tqdm
 
 __all__ = [
     "WRITE_ERRORS",
@@ -25,6 +29,7 @@ __all__ = [
     "atomic_write_text",
     "fsync_folder",
     "load_data",
+    "progress",
     "read_jsonl",
     "write_jsonl",
 ]
@@ -119,3 +124,62 @@ def load_data(path: str | Path, what: str = "a checkpoint") -> Any:
             f"{str(path)!r} is not {what} (reading it as data with weights_only=True "
             f"failed: {first})"
         ) from error
+
+
+# A progress line in logs: "explaining: 40% (8/20 img) in 00:03, ETA 00:04".
+PROGRESS_LINE = (
+    "{desc}: {percentage:.0f}% ({n_fmt}/{total_fmt} {unit}) in {elapsed}, ETA {remaining}"
+)
+
+
+class _ProgressLines(tqdm):
+    """A tqdm that prints one plain line to ``log`` each time another ``every`` of the total is
+    done, instead of redrawing a bar (which fills a log file with carriage returns)."""
+
+    def __init__(self, *, log: TextIO, every: float, **kwargs: Any) -> None:
+        self._log, self._every, self._reported = log, every, 0
+        # tqdm's own drawing goes nowhere; every update is looked at (no rate limit).
+        super().__init__(file=io.StringIO(), mininterval=0, miniters=1, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        """Print the line of the last ``every`` step reached, if not printed yet."""
+        if not self.total:
+            return True
+        reached = int(self.n / self.total / self._every + 1e-9)
+        if reached > self._reported:
+            self._reported = reached
+            line = self.format_meter(**{**self.format_dict, "bar_format": PROGRESS_LINE})
+            print(line, file=self._log, flush=True)
+        return True
+
+
+def progress(
+    total: int,
+    description: str,
+    unit: str = "it",
+    *,
+    enabled: bool = True,
+    every: float = 0.1,
+    stream: TextIO | None = None,
+) -> tqdm:
+    """The progress of ``total`` items, shown as suits where ``stream`` goes; ``.update(n)`` as
+    items finish, ``.close()`` (or ``with``) at the end.
+
+    On a terminal: a tqdm bar with the rate and the time left. Anywhere else (a log file, a
+    scheduler's output, a pipe): one line each time another ``every`` of the total is done,
+    ``"<description>: 40% (8/20 <unit>) in 00:03, ETA 00:04"``. Disabled: nothing.
+
+    Args:
+        total: the number of items.
+        description: what is being done ("explaining").
+        unit: what an item is ("img").
+        enabled: ``False`` shows nothing (``--no-progress``).
+        every: fraction of the total between two lines (0.1: every 10 %).
+        stream: where to show it (default ``sys.stderr``, looked up at call time).
+    """
+    stream = sys.stderr if stream is None else stream
+    if not enabled:
+        return tqdm(total=total, disable=True)
+    if stream.isatty():
+        return tqdm(total=total, desc=description, unit=unit, file=stream, dynamic_ncols=True)
+    return _ProgressLines(log=stream, every=every, total=total, desc=description, unit=unit)

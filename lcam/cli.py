@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 from pytorch_lightning import LightningDataModule, Trainer
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.cli import ArgsType, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lcam._io import WRITE_ERRORS
 from lcam.training import LCAMModule
 from lcam.training.interruption import InterruptionCheckpoint, StopSignals, exit_code
+from lcam.training.progress import LogProgressBar
 
 __all__ = ["LCAMCLI", "main", "resume_command"]
 
@@ -48,10 +50,18 @@ class LCAMCLI(LightningCLI):
         super().__init__(*args, **kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured trainer, plus the interruption callback if one was given."""
+        """The configured trainer, plus the interruption callback if one was given; when stderr
+        is not a terminal, Lightning's default bar is replaced by
+        :class:`~lcam.training.progress.LogProgressBar` (``trainer.enable_progress_bar: false``
+        still shows nothing)."""
         trainer = super().instantiate_trainer(**kwargs)
         if self.interruption is not None:
             trainer.callbacks.append(self.interruption)
+        if not sys.stderr.isatty():  # a log: lines per 10 %, not a bar redrawn with "\r"
+            trainer.callbacks[:] = [
+                LogProgressBar() if type(callback) is TQDMProgressBar else callback
+                for callback in trainer.callbacks
+            ]
         return trainer
 
     def _parse_ckpt_path(self) -> None:

@@ -8,9 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
-from lcam._io import WRITE_ERRORS
+from lcam._io import WRITE_ERRORS, progress
 from lcam.explainers.base import Explainer
 from lcam.inference.files import ImageFile
 from lcam.inference.lock import FolderLock, describe_owner
@@ -105,7 +103,7 @@ def _explain_all(
 ) -> None:
     """Explain and write ``pending`` batch by batch, until done or ``stop()``."""
     loader = make_loader(pending, explainer, options, explainer.device.type == "cuda")
-    bar = tqdm(total=len(pending), desc="explaining", unit="img", disable=not options.progress)
+    bar = progress(len(pending), "explaining", "img", enabled=options.progress)
     writer.open(output / PREDICTIONS)
     try:
         for batch in loader:

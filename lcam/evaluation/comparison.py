@@ -103,6 +103,10 @@ class MethodComparison(nn.Module):
       (or boxes, rasterised to masks).
     - ``max_sensitivity``: :class:`~lcam.metrics.MaxSensitivity` (off by default: it explains
       every image ``sensitivity_samples`` more times).
+    - ``faithfulness_correlation`` (higher better), ``monotonicity`` (higher), ``infidelity``
+      (lower), ``sparseness`` (higher), ``random_logit`` (lower): the Quantus-style metrics
+      (:data:`~lcam.evaluation.specs.OPT_IN_METRICS`, off by default; their settings are the
+      :class:`~lcam.evaluation.specs.ComparisonOptions` defaults).
 
     The explained class is the predicted one. The forward/backward passes per image are those the
     explainer reports for its explanation; the timing covers only producing the maps (an untimed

@@ -23,9 +23,14 @@ from lcam.metrics import (
     AverageDropIncrease,
     DeletionInsertion,
     EnergyPointingGame,
+    FaithfulnessCorrelation,
+    Infidelity,
     MaskIoU,
     MaxSensitivity,
+    Monotonicity,
     PointingGame,
+    RandomLogit,
+    Sparseness,
 )
 from lcam.metrics.common import Model
 
@@ -33,6 +38,7 @@ __all__ = [
     "ALL_METRICS",
     "COST_COLUMNS",
     "DEFAULT_METRICS",
+    "OPT_IN_METRICS",
     "SPECS",
     "Column",
     "ComparisonOptions",
@@ -85,6 +91,11 @@ class ComparisonOptions:
     seed: int = 0
     sensitivity_radius: float = 0.02
     sensitivity_samples: int = 10
+    faithfulness_runs: int = 100
+    faithfulness_subset: int = 224
+    monotonicity_steps: int = 20
+    infidelity_samples: int = 10
+    infidelity_std: float = 0.1
 
 
 @dataclass
@@ -174,6 +185,16 @@ def _deletion_curves(metric: Metric) -> dict[str, list[float]]:
     }
 
 
+def _class_explain_fn(explainer: Explainer) -> Callable[[Tensor, Tensor | None], tuple]:
+    """``(images, classes or None) -> (maps, classes explained)`` of ``explainer``."""
+
+    def explain(images: Tensor, classes: Tensor | None) -> tuple[Tensor, Tensor]:
+        explanation = explainer.explain(images, classes)
+        return explanation.maps, explanation.targets
+
+    return explain
+
+
 def _scalar(name: str) -> Callable[[Metric], dict[str, float]]:
     return lambda metric: {name: float(metric.compute())}
 
@@ -256,15 +277,73 @@ SPECS: tuple[MetricSpec, ...] = (
         ),
         _scalar("max_sensitivity"),
     ),
+    MetricSpec(
+        "faithfulness_correlation",
+        "explained",
+        False,
+        (Column("faithfulness_correlation", +1),),
+        lambda model, _, o: FaithfulnessCorrelation(
+            model, o.faithfulness_runs, o.faithfulness_subset, batch_size=o.batch_size, seed=o.seed
+        ),
+        _scalar("faithfulness_correlation"),
+    ),
+    MetricSpec(
+        "monotonicity",
+        "explained",
+        False,
+        (Column("monotonicity", +1), Column("monotonic", +1)),
+        lambda model, _, o: Monotonicity(model, o.monotonicity_steps, batch_size=o.batch_size),
+        lambda metric: _floats(metric.compute()),
+    ),
+    MetricSpec(
+        "infidelity",
+        "explained",
+        False,
+        (Column("infidelity", -1),),
+        lambda model, _, o: Infidelity(
+            model, o.infidelity_samples, o.infidelity_std, batch_size=o.batch_size, seed=o.seed
+        ),
+        _scalar("infidelity"),
+    ),
+    MetricSpec(
+        "sparseness",
+        "explained",
+        False,
+        (Column("sparseness", +1),),
+        lambda _, __, o: Sparseness(),
+        _scalar("sparseness"),
+    ),
+    MetricSpec(
+        "random_logit",
+        "explainer",
+        False,
+        (Column("random_logit", -1),),
+        lambda _, explainer, o: RandomLogit(
+            _class_explain_fn(explainer), explainer.backbone.num_classes, seed=o.seed
+        ),
+        _scalar("random_logit"),
+    ),
 )
 """Every metric, in the order of the table columns."""
 
 ALL_METRICS: tuple[str, ...] = tuple(spec.name for spec in SPECS)
 """Every metric name :class:`~lcam.evaluation.MethodComparison` understands."""
 
-DEFAULT_METRICS: tuple[str, ...] = tuple(m for m in ALL_METRICS if m != "max_sensitivity")
-"""The default selection: everything but the costly max-sensitivity (it explains every image
-``sensitivity_samples`` more times)."""
+OPT_IN_METRICS: tuple[str, ...] = (
+    "max_sensitivity",
+    "faithfulness_correlation",
+    "monotonicity",
+    "infidelity",
+    "sparseness",
+    "random_logit",
+)
+"""Metrics computed only when asked for: max-sensitivity and random logit explain every image
+again (``sensitivity_samples`` times, once), faithfulness correlation, monotonicity and
+infidelity run ``faithfulness_runs``, ``monotonicity_steps`` and ``infidelity_samples`` more
+forwards per image; sparseness is cheap but joins the Quantus-style family."""
+
+DEFAULT_METRICS: tuple[str, ...] = tuple(m for m in ALL_METRICS if m not in OPT_IN_METRICS)
+"""The default selection: every metric not in :data:`OPT_IN_METRICS`."""
 
 COST_COLUMNS: tuple[Column, ...] = (
     Column("images", 0),

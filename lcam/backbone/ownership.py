@@ -13,9 +13,21 @@ from __future__ import annotations
 
 import copy
 
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["frozen_copy"]
+
+
+def _cached_results(model: nn.Module) -> list[Tensor]:
+    """Tensors computed in a forward that modules keep outside their parameters and buffers,
+    directly or in a dict (timm LeViT's ``attention_bias_cache`` after a forward with
+    gradients on)."""
+    found: list[Tensor] = []
+    for module in model.modules():
+        for value in vars(module).values():
+            items = value.values() if isinstance(value, dict) else (value,)
+            found += [v for v in items if isinstance(v, Tensor) and v.grad_fn is not None]
+    return found
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -30,6 +42,8 @@ def frozen_copy(model: nn.Module) -> nn.Module:
         memo[id(parameter)] = nn.Parameter(parameter.detach(), requires_grad=False)
     for buffer in model.buffers():
         memo[id(buffer)] = buffer
+    for cached in _cached_results(model):
+        memo[id(cached)] = cached.detach()  # deepcopy refuses tensors with a history
     try:
         copied = copy.deepcopy(model, memo)
     except Exception as error:  # deepcopy raises whatever the held object's __deepcopy__ does

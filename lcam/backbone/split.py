@@ -30,6 +30,27 @@ class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return qualified_name in self.leaf_names or super().is_leaf_module(module, qualified_name)
 
+    def trace(self, root: nn.Module, *args: object, **kwargs: object) -> fx.Graph:  # type: ignore[override]
+        """Trace ``root``, then drop the proxies its modules cached during the trace."""
+        try:
+            return super().trace(root, *args, **kwargs)
+        finally:
+            _drop_cached_proxies(root)
+
+
+def _drop_cached_proxies(model: nn.Module) -> None:
+    """Remove the fx proxies a module cached in a dict attribute while it was traced.
+
+    A module may cache a tensor computed in its eval-mode forward (timm LeViT's
+    ``attention_bias_cache``); traced, it caches a proxy of that trace's graph, and the next
+    trace would read a node of the old graph. The entry goes, as if never computed.
+    """
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, dict) and not isinstance(value, nn.Module):
+                for key in [k for k, v in value.items() if isinstance(v, fx.Proxy)]:
+                    del value[key]
+
 
 # Modules whose backward does not read their output: adding into that output in place is safe.
 _OUTPUT_NOT_SAVED = (

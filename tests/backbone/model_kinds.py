@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import timm
+import torch
 import torchvision
 import transformers
 from torch import Tensor, nn
@@ -102,6 +103,25 @@ def _xcit() -> nn.Module:
     )  # fmt: skip
 
 
+def _levit() -> nn.Module:
+    """timm LeViT (a token grid with no class token) at 128 px. Its random initialisation
+    zeroes the attention biases and the residual branches' BatchNorm scales, so every token
+    of the last stages holds the same features and every map is constant: the biases and the
+    BatchNorm affine parameters are re-drawn from a fixed seed, as training would leave them
+    (nonzero and position-dependent)."""
+    model = timm.create_model("levit_128s", pretrained=False, num_classes=10, img_size=128)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("attention_biases"):
+                parameter.normal_(0.0, 3.0, generator=generator)
+            elif name.endswith("bn.weight"):
+                parameter.uniform_(0.5, 1.5, generator=generator)
+            elif name.endswith("bn.bias"):
+                parameter.uniform_(-0.2, 0.2, generator=generator)
+    return model
+
+
 def _timm(name: str, **options: Any) -> Callable[[], nn.Module]:
     return lambda: timm.create_model(name, pretrained=False, num_classes=10, **options)
 
@@ -144,6 +164,8 @@ KINDS: dict[str, tuple[Callable[[], nn.Module], str, Any, str, dict[str, Any]]] 
     # the class token joins after the patch blocks
     "cait_late_class_token": (_cait, "blocks.2", tokens(0, 4), "blocks.2", {}),
     "xcit_late_class_token": (_xcit, "blocks.2", tokens(0, 4), "blocks.2", {}),
+    # a token grid with no class token; LeViT keeps no record of the img_size it was built at
+    "levit_no_class_token": (_levit, "stages.2", tokens(0, 2), "stages.2", {"input_size": 128}),
     # data-dependent routing (hook fallback); the default layer is after the routes join
     "routing": (Routed, "stage2", None, "stage2", {"input_size": 64}),
     # ends in a 1x1 class-score convolution: the default is the last feature stage before it

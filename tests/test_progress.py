@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader
 from lcam._io import progress
 from lcam.training.progress import LogProgressBar
 
-LINE = r"{}: +{}% \({}/{} {}\) in \d\d:\d\d, ETA \d\d:\d\d"
+# tqdm writes the time left as "?" while it has no rate yet (a first update at once).
+LINE = r"{}: +{}% \({}/{} {}\) in \d\d:\d\d, ETA (\d\d:\d\d|\?)"
 
 
 class _Terminal(io.StringIO):

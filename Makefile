@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 quickstart: setup
 	$(BIN)/python scripts/quickstart.py --config configs/quickstart.yaml
 
+# Two workers (pytest-xdist): tests use one thread each (tests/conftest.py), so the two cores
+# run two test files at once; a file's tests stay in one worker (module fixtures built once).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .

@@ -12,6 +12,7 @@ import torchmetrics
 from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from lcam.api import (
@@ -91,10 +92,15 @@ class LCAMModule(LightningModule):
         unit_alignment: compute the network-dissection unit alignment on data with masks.
         report_dir: where ``comparison.csv``/``.md`` and ``report.html`` go (default:
             ``<default_root_dir>/comparison``).
-        faithfulness_subset: validation images (dataset index below it) scored each epoch with
-            AD/IC at 100/50/15 % as the test-time comparison scores the head, logged as
-            ``val/ad_100`` ... ``val/ic_15`` for checkpoint selection (0: off; see
-            :mod:`lcam.training.validation`).
+        faithfulness_subset: validation images (a fixed class-stratified draw, named in the log)
+            scored each epoch as the test-time comparison scores the head, for checkpoint
+            selection (0: off; see :mod:`lcam.training.validation`).
+        faithfulness_metrics: the scores: ``"adic"`` (AD/IC at 100/50/15 %, ``val/ad_100`` ...
+            ``val/ic_15``; the kept-fraction term trains on it) and/or ``"deletion_insertion"``
+            (``val/deletion_auc``, ``val/insertion_auc``, blurred baseline; no head trains on it).
+            Default ``["adic"]``.
+        faithfulness_options: keyword arguments of ``ValidationFaithfulness`` (``batch_size``,
+            ``deletion_steps``).
         faithfulness_maps: the maps those scores use, ``"logit"`` (the papers' pre-sigmoid map,
             as the comparison's default) or ``"shown"`` (the sigmoid attention the head shows,
             as ``comparison: {learned_maps: shown}``).
@@ -149,6 +155,8 @@ class LCAMModule(LightningModule):
         report_dir: str | None = None,
         faithfulness_subset: int = 0,
         faithfulness_maps: LearnedMaps = "logit",
+        faithfulness_metrics: list[str] | None = None,
+        faithfulness_options: dict[str, Any] | None = None,
         masked_response_weight: float = 0.0,
         masked_response_options: dict[str, Any] | None = None,
         kept_fraction_weight: float = 0.0,
@@ -195,7 +203,14 @@ class LCAMModule(LightningModule):
         self.in_mask_energy = torchmetrics.MeanMetric()
         check_learned_maps(faithfulness_maps)
         self.faithfulness = (
-            ValidationFaithfulness(frozen, faithfulness_subset) if faithfulness_subset else None
+            ValidationFaithfulness(
+                frozen,
+                faithfulness_subset,
+                faithfulness_metrics or ["adic"],
+                **(faithfulness_options or {}),
+            )
+            if faithfulness_subset
+            else None
         )
         self._overlay_images: Tensor | None = None
         self._warning_scope: contextlib.ExitStack | None = None
@@ -305,6 +320,14 @@ class LCAMModule(LightningModule):
             self.trainer,
             lambda name, value: self.log(name, value, rank_zero_only=True),
         )
+
+    def on_validation_start(self) -> None:
+        """Draw the faithfulness subset from the validation set (logged once per set)."""
+        if self.faithfulness is not None:
+            names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
+            chosen = self.faithfulness.choose(self.trainer.val_dataloaders, names)
+            if chosen is not None:
+                rank_zero_info(chosen)
 
     def on_validation_epoch_end(self) -> None:
         """Log the faithfulness of the subset; write and log the overlay grid."""

@@ -112,7 +112,9 @@ def test_validation_faithfulness_equals_the_test_time_comparison(maps: str) -> N
     quiet_trainer(max_steps=4, limit_val_batches=0).fit(module, datamodule=data)
     logged = quiet_trainer().validate(module, datamodule=data, verbose=False)[0]
     subset = data.dataset("val")
-    images = torch.stack([subset[i]["image"] for i in range(12)])
+    chosen = module.faithfulness.indices
+    assert chosen is not None and len(chosen) == 12
+    images = torch.stack([subset[i]["image"] for i in chosen.tolist()])
     comparison = MethodComparison(
         module.backbone, {"lcam": module.explainer}, metrics=["adic"], learned_maps=maps
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from pytorch_lightning import LightningDataModule, Trainer
-from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from pytorch_lightning.cli import ArgsType, LightningCLI
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -26,6 +26,9 @@ from lcam.training.interruption import InterruptionCheckpoint, StopSignals, exit
 from lcam.training.progress import LogProgressBar
 
 __all__ = ["LCAMCLI", "main", "resume_command"]
+
+# Lightning's own bars (Rich when installed, else tqdm), redrawn in place: fine on a terminal only.
+DEFAULT_BARS = (RichProgressBar, TQDMProgressBar)
 
 
 class LCAMCLI(LightningCLI):
@@ -51,7 +54,7 @@ class LCAMCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer, plus the interruption callback if one was given; when stderr
-        is not a terminal, Lightning's default bar is replaced by
+        is not a terminal, Lightning's default bar (Rich or tqdm) is replaced by
         :class:`~lcam.training.progress.LogProgressBar` (``trainer.enable_progress_bar: false``
         still shows nothing)."""
         trainer = super().instantiate_trainer(**kwargs)
@@ -59,7 +62,7 @@ class LCAMCLI(LightningCLI):
             trainer.callbacks.append(self.interruption)
         if not sys.stderr.isatty():  # a log: lines per 10 %, not a bar redrawn with "\r"
             trainer.callbacks[:] = [
-                LogProgressBar() if type(callback) is TQDMProgressBar else callback
+                LogProgressBar() if type(callback) in DEFAULT_BARS else callback
                 for callback in trainer.callbacks
             ]
         return trainer

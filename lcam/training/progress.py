@@ -1,6 +1,6 @@
 """Lightning's progress in logs: :class:`LogProgressBar`, one line per N % of each stage.
 
-Lightning's own bar (tqdm) redraws itself with carriage returns, which a log file or a
+Lightning's own bars (Rich, tqdm) redraw themselves with carriage returns, which a log file or a
 scheduler's output keeps as one endless line. ``train.py`` uses this bar instead when stderr is
 not a terminal (see :class:`lcam.cli.LCAMCLI`); ``trainer.enable_progress_bar: false`` silences
 both. The lines come from :func:`lcam._io.progress`, as those of ``infer.py`` and the benchmarks.

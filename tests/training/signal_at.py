@@ -16,10 +16,12 @@ from pytorch_lightning.callbacks import Callback
 
 
 class SignalAt(Callback):
-    """Send ``signum`` to this process when the training step of global step ``step`` starts.
+    """Send ``signum`` to this process when the training step of global step ``step`` starts,
+    or (``train.py test``) test batch ``step``.
 
     Args:
-        step: the global step (optimizer steps done so far) at whose start the signal is sent.
+        step: the global step (optimizer steps done so far), or the test batch index, at whose
+            start the signal is sent.
         signum: the signal (default SIGTERM, what schedulers send).
     """
 
@@ -31,4 +33,15 @@ class SignalAt(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+    def on_test_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx == self.step:
             os.kill(os.getpid(), self.signum)

@@ -134,6 +134,28 @@ def test_sigint_saves_exits_130_and_the_printed_command_resumes(
     _check_interrupted_then_resume(tmp_path, output, reference)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_train_py_test_after_the_batch_in_flight(tmp_path, capsys, signum) -> None:
+    """``train.py test`` (4 batches, its progress logged): a signal as batch 1 starts ends the
+    run after batch 1 with exit 143 / 130 and no checkpoint (only ``fit`` saves one)."""
+    arguments = {"step": 1, "signum": int(signum)}
+    signalling = {"class_path": "signal_at.SignalAt", "init_args": arguments}
+    config = _config(
+        tmp_path,
+        data={"test_size": 64},
+        trainer={"callbacks": [signalling], "enable_progress_bar": True},
+    )
+    with pytest.raises(SystemExit) as stopped:
+        train_main(["test", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == exit_code(signum), err[-3000:]
+    assert f"train.py: stopped by {signum.name}" in err, err[-3000:]
+    assert "Resume with" not in err, err[-3000:]
+    logged = [line.split(" in ")[0] for line in err.splitlines() if line.startswith("test: ")]
+    assert logged == ["test: 25% (1/4 batch)", "test: 50% (2/4 batch)"], err[-3000:]
+    assert not (tmp_path / "checkpoints" / INTERRUPTED).exists()
+
+
 def test_stop_signals_record_the_first_signal_and_give_its_exit_code() -> None:
     assert exit_code(signal.SIGTERM) == 143 and exit_code(signal.SIGINT) == 130
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}

@@ -165,7 +165,7 @@ class FrozenBackbone(BackboneViews, nn.Module):
         """A fixed random normalised probe image ``(1, 3, scale * H, scale * W)``."""
         size = (1, 3, scale * self.input_hw[0], scale * self.input_hw[1])
         generator = torch.Generator().manual_seed(0)
-        return self.normalise(torch.rand(size, generator=generator).to(self.mean.device))
+        return self.normalise(torch.rand(size, generator=generator).to(self.mean))
 
     def default_layers(self, count: int) -> list[str]:
         """The last ``count`` stage outputs, shallow to deep (:func:`~lcam.backbone.layers.
@@ -184,7 +184,7 @@ class FrozenBackbone(BackboneViews, nn.Module):
     ) -> None:
         """Split at other target layer(s) and probe their shapes; ``default``: the layers are
         the default ones (``None``: ``target_layer is None``; :meth:`gradient_view` needs it)."""
-        example = torch.rand(1, 3, *self.input_hw, device=self.mean.device)
+        example = torch.rand(1, 3, *self.input_hw).to(self.mean)  # the backbone's device and dtype
         self._default_target = target_layer is None if default is None else default
         self.__dict__.pop("_evidence_layer", None)
         if target_layer is None:

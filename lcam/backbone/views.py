@@ -43,7 +43,7 @@ class BackboneViews:
         """A black and a white image, normalised ``(1, 3, H, W)``: a model that routes inputs
         by content sends them different ways (see :mod:`lcam.backbone.fallback`)."""
         size = (1, 3, *self.input_hw)
-        return [self.normalise(torch.full(size, v, device=self.mean.device)) for v in (0.0, 1.0)]
+        return [self.normalise(torch.full(size, v).to(self.mean)) for v in (0.0, 1.0)]
 
     def retarget(self, target_layer: Any, *, default: bool | None = None) -> None:
         raise NotImplementedError
@@ -77,10 +77,11 @@ class BackboneViews:
     def view(self, target_layer: str | Sequence[str] | None = None) -> FrozenBackbone:
         """Another split of the same network, at ``target_layer`` (default: this backbone's
         layers): the module and its weights are shared, not copied, and retargeting either
-        does not change what the other computes. Move a backbone to a device before taking
-        views of it (``.to()`` moves the shared weights, but each view's own buffers only)."""
-        other = copy.copy(self)
-        for name in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
+        does not change what the other computes. The normalisation buffers are shared too, so
+        ``.to()`` on any view (Lightning moving a trained explainer) moves the network and its
+        normalisation for all of them."""
+        other = copy.copy(self)  # the buffers dict stays shared (copy.copy keeps its object)
+        for name in ("_parameters", "_modules"):
             other.__dict__[name] = copy.copy(self.__dict__[name])
         other.spec = dict(self.spec)
         other._warned_evidence = False
@@ -107,7 +108,7 @@ class BackboneViews:
             return self.__dict__["_evidence_layer"]
         found = None
         probe = torch.rand(2, 3, *self.input_hw, generator=torch.Generator().manual_seed(0))
-        probe = probe.to(self.mean.device)
+        probe = probe.to(self.mean)
         if not evidence_reaches(self, probe):
             layer = attention_input_layer(self.model, self._probe_input(), self.target_layer)
             if layer is not None and evidence_reaches(self.view(layer), probe):

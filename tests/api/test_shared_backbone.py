@@ -125,3 +125,14 @@ def test_frozen_backbone_leaves_the_users_module_as_it_found_it() -> None:
     with torch.no_grad():
         expected = model((images() - backbone.mean) / backbone.std)
     torch.testing.assert_close(backbone(images()), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_moving_one_explainer_moves_the_network_and_normalisation_of_all() -> None:
+    """Lightning moves the trained explainer (a view); a teacher on the original backbone
+    must find the normalisation where the shared weights went."""
+    backbone = backbone_of_seed()
+    build("tame", backbone).to(torch.float64)
+    assert backbone.mean.dtype == torch.float64 and backbone.std.dtype == torch.float64
+    assert all(p.dtype == torch.float64 for p in backbone.model.parameters())
+    explanation = build("gradcam", backbone).explain(images().double())
+    assert explanation.logits.dtype == torch.float64

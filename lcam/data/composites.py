@@ -3,7 +3,7 @@
 Each item is rendered from ``(seed, index)`` alone: one object photo (class 0 ``cat``: the face
 of ``skimage.data.chelsea()``; class 1 ``coffee``: the cup and saucer of
 ``skimage.data.coffee()``) cut out with an ellipse inscribed in its crop box, resized to a random
-scale and pasted at a random place onto a background that is a random window of a scikit-image
+scale and pasted at a random place (see :data:`PLACEMENTS`) onto a background that is a random window of a scikit-image
 texture (``grass``, ``gravel``, ``brick``, tinted with a random colour), a smooth colour noise
 field or a linear colour gradient. The object mask is exactly the set of pasted pixels.
 
@@ -33,6 +33,7 @@ __all__ = [
     "COMPOSITE_CLASSES",
     "CROP_BOXES",
     "IMAGENET_CLASSES",
+    "PLACEMENTS",
     "CompositeImages",
     "CompositesDataModule",
     "object_photo",
@@ -53,6 +54,14 @@ IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
     "coffee": (504, 967, 968),  # coffee mug, espresso, cup
 }
 """ImageNet-1k indices of each composite class (torchvision's category order)."""
+
+PLACEMENTS: tuple[str, ...] = ("inside", "uniform")
+"""Where objects go. ``"inside"`` (the default, which the documented composite numbers used):
+the whole object box inside the image, its top-left corner uniform over the valid range, so
+object centres lie in the middle ``1 - scale`` of each side and object pixels lean to the image
+centre (a centre prior scores well). ``"uniform"``: the object's *centre* uniform over the
+whole image, the object cut by the border where it overhangs (the mask holds only the visible
+pixels), so no position is favoured and a centre prior gains little."""
 
 _PHOTOS = {"cat": skdata.chelsea, "coffee": skdata.coffee}
 _TEXTURES = ("grass", "gravel", "brick")
@@ -77,6 +86,11 @@ def object_photo(name: str) -> Tensor:
 @functools.cache
 def _texture(name: str) -> Tensor:
     return _to_tensor(getattr(skdata, name)()).contiguous()
+
+
+def _check_placement(placement: str) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
 
 
 def _ellipse(height: int, width: int) -> Tensor:
@@ -110,22 +124,33 @@ def _background(g: torch.Generator, size: int) -> Tensor:
     return ends[0] + (ends[1] - ends[0]) * t
 
 
-def render_composite(g: torch.Generator, size: int) -> dict[str, Tensor]:
-    """One composite ``{"image": (3, S, S) in [0, 1], "label": (), "mask": (S, S) bool}``."""
+def render_composite(
+    g: torch.Generator, size: int, placement: str = "inside"
+) -> dict[str, Tensor]:
+    """One composite ``{"image": (3, S, S) in [0, 1], "label": (), "mask": (S, S) bool}``,
+    the object placed as ``placement`` says (:data:`PLACEMENTS`)."""
     label = int(torch.randint(len(COMPOSITE_CLASSES), (), generator=g))
     photo = object_photo(COMPOSITE_CLASSES[label])
     scale = _MIN_SCALE + (_MAX_SCALE - _MIN_SCALE) * float(torch.rand((), generator=g))
     ratio = size * scale / max(photo.shape[-2:])
     height, width = (max(2, round(side * ratio)) for side in photo.shape[-2:])
     pasted = F.interpolate(photo[None], size=(height, width), mode="bilinear", antialias=True)[0]
-    top = int(torch.randint(size - height + 1, (), generator=g))
-    left = int(torch.randint(size - width + 1, (), generator=g))
+    if placement == "inside":
+        top = int(torch.randint(size - height + 1, (), generator=g))
+        left = int(torch.randint(size - width + 1, (), generator=g))
+    else:  # the centre uniform over the image's pixels; the box may overhang the border
+        top = int(torch.randint(size, (), generator=g)) - height // 2
+        left = int(torch.randint(size, (), generator=g)) - width // 2
     inside = _ellipse(height, width)
     image = _background(g, size).clamp_(0, 1)
-    window = image[:, top : top + height, left : left + width]
-    window.copy_(torch.where(inside, pasted.clamp(0, 1), window))
+    # The part of the object box that lies on the image, in image and in object coordinates.
+    rows = slice(max(top, 0), min(top + height, size))
+    cols = slice(max(left, 0), min(left + width, size))
+    cut = (slice(rows.start - top, rows.stop - top), slice(cols.start - left, cols.stop - left))
+    window = image[:, rows, cols]
+    window.copy_(torch.where(inside[cut], pasted.clamp(0, 1)[(slice(None), *cut)], window))
     mask = torch.zeros(size, size, dtype=torch.bool)
-    mask[top : top + height, left : left + width] = inside
+    mask[rows, cols] = inside[cut]
     return {"image": image.contiguous(), "label": torch.tensor(label), "mask": mask}
 
 
@@ -136,16 +161,21 @@ class CompositeImages(Dataset):
         size: number of items.
         image_size: side of the square images.
         seed: items are rendered from ``seed * 1_000_003 + index``.
+        placement: ``"inside"`` or ``"uniform"`` (:data:`PLACEMENTS`).
     """
 
     class_names = COMPOSITE_CLASSES
 
-    def __init__(self, size: int, *, image_size: int = 224, seed: int = 0) -> None:
+    def __init__(
+        self, size: int, *, image_size: int = 224, seed: int = 0, placement: str = "inside"
+    ) -> None:
+        _check_placement(placement)
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         if image_size < 16:
             raise ValueError(f"image_size must be >= 16, got {image_size}")
         self.size, self.image_size, self.seed = int(size), int(image_size), int(seed)
+        self.placement = placement
 
     def __len__(self) -> int:
         return self.size
@@ -155,14 +185,15 @@ class CompositeImages(Dataset):
         ``index``."""
         index = range(self.size)[int(index)]  # IndexError outside the dataset
         g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + index)
-        return {**render_composite(g, self.image_size), "index": torch.tensor(index)}
+        return {**render_composite(g, self.image_size, self.placement), "index": torch.tensor(index)}
 
 
 class CompositesDataModule(SyntheticShapesDataModule):
     """Train, validation and test composites from seeds ``seed``, ``seed + 1``, ``seed + 2``.
 
     Batches are dicts like the other datamodules': ``image`` ``(B, 3, S, S)`` in [0, 1], ``label``
-    ``(B,)`` (0 cat, 1 coffee), ``mask`` ``(B, S, S)`` bool, ``index`` ``(B,)``.
+    ``(B,)`` (0 cat, 1 coffee), ``mask`` ``(B, S, S)`` bool, ``index`` ``(B,)``. ``placement``
+    (:data:`PLACEMENTS`) applies to every split.
     """
 
     def __init__(
@@ -175,7 +206,9 @@ class CompositesDataModule(SyntheticShapesDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         pin_memory: bool | None = None,
+        placement: str = "inside",
     ) -> None:
+        _check_placement(placement)
         super().__init__(
             num_classes=len(COMPOSITE_CLASSES),
             image_size=image_size,
@@ -188,10 +221,14 @@ class CompositesDataModule(SyntheticShapesDataModule):
             pin_memory=pin_memory,
         )
         self.class_names = list(COMPOSITE_CLASSES)
+        self.placement = placement
 
     def dataset(self, split: str) -> CompositeImages:  # type: ignore[override]
         """The ``"train"``, ``"val"`` or ``"test"`` split."""
         offset = {"train": 0, "val": 1, "test": 2}[split]
         return CompositeImages(
-            self.sizes[split], image_size=self.image_size, seed=self.seed + offset
+            self.sizes[split],
+            image_size=self.image_size,
+            seed=self.seed + offset,
+            placement=self.placement,
         )

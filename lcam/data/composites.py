@@ -3,9 +3,10 @@
 Each item is rendered from ``(seed, index)`` alone: one object photo (class 0 ``cat``: the face
 of ``skimage.data.chelsea()``; class 1 ``coffee``: the cup and saucer of
 ``skimage.data.coffee()``) cut out with an ellipse inscribed in its crop box, resized to a random
-scale and pasted at a random place (see :data:`PLACEMENTS`) onto a background that is a random window of a scikit-image
-texture (``grass``, ``gravel``, ``brick``, tinted with a random colour), a smooth colour noise
-field or a linear colour gradient. The object mask is exactly the set of pasted pixels.
+scale and pasted at a random place (:data:`PLACEMENTS`) onto a background that is a random
+window of a scikit-image texture (``grass``, ``gravel``, ``brick``, tinted with a random
+colour), a smooth colour noise field or a linear colour gradient. The object mask is exactly the
+set of pasted pixels.
 
 Crop boxes ``(left, top, right, bottom)`` in the original photos' pixels:
 
@@ -124,9 +125,7 @@ def _background(g: torch.Generator, size: int) -> Tensor:
     return ends[0] + (ends[1] - ends[0]) * t
 
 
-def render_composite(
-    g: torch.Generator, size: int, placement: str = "inside"
-) -> dict[str, Tensor]:
+def render_composite(g: torch.Generator, size: int, placement: str = "inside") -> dict[str, Tensor]:
     """One composite ``{"image": (3, S, S) in [0, 1], "label": (), "mask": (S, S) bool}``,
     the object placed as ``placement`` says (:data:`PLACEMENTS`)."""
     label = int(torch.randint(len(COMPOSITE_CLASSES), (), generator=g))
@@ -185,7 +184,8 @@ class CompositeImages(Dataset):
         ``index``."""
         index = range(self.size)[int(index)]  # IndexError outside the dataset
         g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + index)
-        return {**render_composite(g, self.image_size, self.placement), "index": torch.tensor(index)}
+        item = render_composite(g, self.image_size, self.placement)
+        return {**item, "index": torch.tensor(index)}
 
 
 class CompositesDataModule(SyntheticShapesDataModule):

@@ -52,9 +52,7 @@ def test_deterministic_by_seed_and_index() -> None:
 
 
 @pytest.mark.parametrize("placement", ["inside", "uniform"])
-def test_mask_is_exactly_the_pasted_pixels(
-    monkeypatch: pytest.MonkeyPatch, placement: str
-) -> None:
+def test_mask_is_exactly_the_pasted_pixels(monkeypatch: pytest.MonkeyPatch, placement: str) -> None:
     """Render each item with the object replaced by all-black and by all-white photos of the same
     size: the same random draws give the same geometry, so the pixels that differ are the pasted
     ones, and they must be the mask."""

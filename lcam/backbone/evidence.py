@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lcam.backbone.targets import site_name
+from lcam.backbone.targets import run_hooked, site_name
 
 if TYPE_CHECKING:
     from lcam.backbone.frozen import FrozenBackbone
@@ -67,12 +67,7 @@ def attention_input_layer(model: nn.Module, example: Tensor, before: str) -> str
         for module, name in names.items()
         if _is_attention(name, module)
     ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, example, handles)
     end = max((i for i, e in enumerate(events) if e[0] == "out" and e[1] == before), default=None)
     if end is None:
         return None

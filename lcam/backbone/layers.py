@@ -28,7 +28,7 @@ import torchvision
 from torch import Tensor, nn
 
 from lcam.backbone.layout import Layout, infer_layout
-from lcam.backbone.targets import site_name
+from lcam.backbone.targets import run_hooked, site_name
 
 __all__ = [
     "LayerSurvey",
@@ -103,13 +103,7 @@ def _record_calls(
             records.append((name, index, output, producer[id(output)]))
 
     handles = [module.register_forward_hook(record) for module in names]
-    try:
-        with torch.no_grad():
-            result = model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return records, calls, result
+    return records, calls, run_hooked(model, example, handles)
 
 
 def _pools_to_logits(output: Tensor, layout: Layout, logits: Any) -> bool:
@@ -288,12 +282,7 @@ def _tensor_outputs(model: nn.Module, example: Tensor, layers: Sequence[str]) ->
         )
         for name in layers
     ]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    run_hooked(model, example, hooks)
     return all(kinds)
 
 

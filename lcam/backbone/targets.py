@@ -19,9 +19,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
-__all__ = ["CallSite", "call_hooks", "parse_target", "replace_element"]
+__all__ = ["CallSite", "call_hooks", "parse_target", "replace_element", "run_hooked"]
 
 CallSite = tuple[str, int | None]  # (module name, call index or None for "the only call")
 
@@ -84,6 +86,17 @@ def call_hooks(
     ]
     try:
         yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def run_hooked(model: nn.Module, example: Tensor, handles: Sequence[RemovableHandle]) -> Any:
+    """``model(example)`` without gradients, then remove ``handles`` (hooks registered for
+    this one forward), also when the forward raises."""
+    try:
+        with torch.no_grad():
+            return model(example)
     finally:
         for handle in handles:
             handle.remove()

@@ -53,23 +53,23 @@ class SmallCNN(nn.Module):
         return logits
 
 
-class Routed(nn.Module):
-    """Dark batches go through ``dark``, bright ones through ``bright`` (data-dependent
-    routing, which torch.fx cannot trace); the routes join before the last stages."""
+class TwoRoutes(nn.Module):
+    """Three stages, then ``dark`` for a batch darker than the dataset mean, else ``bright``
+    (data-dependent routing, which torch.fx cannot trace)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
-        self.dark = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU())
-        self.bright = nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1), nn.ReLU())
         self.stage1 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
         self.stage2 = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1), nn.ReLU())
+        self.dark = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1), nn.ReLU())
+        self.bright = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1), nn.ReLU())
         self.fc = nn.Linear(24, 10)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        x = self.dark(x) if x.mean() < 0.05 else self.bright(x)
-        return self.fc(self.stage2(self.stage1(x)).mean((2, 3)))
+        features = self.stage2(self.stage1(self.stem(x)))
+        features = self.dark(features) if x.mean() < 0 else self.bright(features)
+        return self.fc(features.mean((2, 3)))
 
 
 def _hf_vit() -> nn.Module:
@@ -166,8 +166,9 @@ KINDS: dict[str, tuple[Callable[[], nn.Module], str, Any, str, dict[str, Any]]] 
     "xcit_late_class_token": (_xcit, "blocks.2", tokens(0, 4), "blocks.2", {}),
     # a token grid with no class token; LeViT keeps no record of the img_size it was built at
     "levit_no_class_token": (_levit, "stages.2", tokens(0, 2), "stages.2", {"input_size": 128}),
-    # data-dependent routing (hook fallback); the default layer is after the routes join
-    "routing": (Routed, "stage2", None, "stage2", {"input_size": 64}),
+    # data-dependent routing (hook fallback); the default layer is the last one every image
+    # passes through (tests/backbone/test_routing.py checks each route)
+    "routing": (TwoRoutes, "stage2", None, "stage2", {"input_size": 64}),
     # ends in a 1x1 class-score convolution: the default is the last feature stage before it
     "squeezenet_class_scores": (
         lambda: torchvision.models.squeezenet1_1(num_classes=10),

@@ -12,29 +12,11 @@ import warnings
 
 import pytest
 import torch
+from model_kinds import TwoRoutes
 from torch import Tensor, nn
 
 import lcam
 from lcam.backbone import FrozenBackbone
-
-
-class TwoRoutes(nn.Module):
-    """Three stages, then ``dark`` for an image darker than the dataset mean, else ``bright``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
-        self.stage1 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
-        self.stage2 = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1), nn.ReLU())
-        self.dark = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1), nn.ReLU())
-        self.bright = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1), nn.ReLU())
-        self.fc = nn.Linear(24, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        features = self.stage2(self.stage1(self.stem(x)))
-        features = self.dark(features) if x.mean() < 0 else self.bright(features)
-        return self.fc(features.mean((2, 3)))
-
 
 ROUTES = {"dark": 0.1, "bright": 0.9}  # image = offset + 0.1 * noise
 

@@ -53,18 +53,14 @@ class SmallCNN(nn.Module):
         return logits
 
 
-class TwoRoutes(nn.Module):
-    """Three stages, then ``dark`` for a batch darker than the dataset mean, else ``bright``
-    (data-dependent routing, which torch.fx cannot trace)."""
+class TwoRoutes(SmallCNN):
+    """SmallCNN's three stages, then ``dark`` for a batch darker than the dataset mean, else
+    ``bright`` (data-dependent routing, which torch.fx cannot trace)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU())
-        self.stage1 = nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
-        self.stage2 = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1), nn.ReLU())
         self.dark = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1), nn.ReLU())
         self.bright = nn.Sequential(nn.Conv2d(24, 24, 3, 1, 1), nn.ReLU())
-        self.fc = nn.Linear(24, 10)
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.stage2(self.stage1(self.stem(x)))

@@ -32,7 +32,8 @@ class FaithfulnessCorrelation(Metric):
 
     with ``y_c`` the logit of the explained class and ``b`` the baseline value (0: black).
     This is Quantus's definition (its ``"black"`` baseline is the image's minimum, 0 for
-    images that contain black). Subsets come from a CPU generator seeded once at construction.
+    images that contain black). Subsets come from a CPU generator seeded once at construction;
+    the ``R * B`` perturbed images are batched together in chunks of ``batch_size``.
     States: the sum of correlations and the image count (exact under DDP).
 
     Args:
@@ -76,9 +77,8 @@ class FaithfulnessCorrelation(Metric):
 
     def draw_subset(self, run: int, batch: int, features: int) -> Tensor:
         """``(B, k)`` distinct feature indices of run ``run`` (uniform subsets)."""
-        return torch.rand(batch, features, generator=self.generator).argsort(dim=1)[
-            :, : self.subset_size
-        ]
+        scores = torch.rand(batch, features, generator=self.generator)
+        return scores.topk(self.subset_size, dim=1, sorted=False).indices
 
     def update(self, images: Tensor, maps: Tensor, targets: Tensor | None = None) -> None:
         """Accumulate the correlations of a batch (shapes in the class docstring)."""
@@ -91,24 +91,28 @@ class FaithfulnessCorrelation(Metric):
         maps = upsample_maps(maps.to(device).float(), (height, width))
         attributions = maps[:, None].expand(batch, channels, height, width).flatten(1)
 
-        def scores(inputs: Tensor) -> Tensor:
-            return predict_in_chunks(
-                self.model, lambda i: inputs[i], batch, self.batch_size, pick, device
-            )
+        classes = resolve_classes(self.model, images, targets, self.batch_size)
 
         def pick(logits: Tensor, index: Tensor) -> Tensor:
-            return logits.double().gather(1, classes[index, None])[:, 0]
+            return logits.double().gather(1, classes[index % batch, None])[:, 0]
 
-        classes = resolve_classes(self.model, images, targets, self.batch_size)
-        clean = scores(images)
-        mass = torch.empty(batch, self.num_runs, dtype=torch.float64, device=device)
-        drop = torch.empty_like(mass)
+        subsets = torch.stack(
+            [self.draw_subset(run, batch, features) for run in range(self.num_runs)]
+        ).to(device)  # (R, B, k)
+        mass = attributions[None].expand(self.num_runs, -1, -1).gather(2, subsets)
+        mass = mass.double().sum(dim=2).T  # (B, R)
         flat = images.flatten(1)
-        for run in range(self.num_runs):  # one batched forward per run
-            subset = self.draw_subset(run, batch, features).to(device)
-            mass[:, run] = attributions.gather(1, subset).double().sum(dim=1)
-            perturbed = flat.scatter(1, subset, self.baseline).view_as(images)
-            drop[:, run] = clean - scores(perturbed)
+
+        def perturbed(index: Tensor) -> Tensor:
+            chosen = subsets.flatten(0, 1)[index]  # (n, k), run-major
+            return flat[index % batch].scatter(1, chosen, self.baseline).view(-1, *images.shape[1:])
+
+        clean = predict_in_chunks(
+            self.model, lambda i: images[i], batch, self.batch_size, pick, device
+        )
+        total = self.num_runs * batch  # every run of every image, batched together
+        moved = predict_in_chunks(self.model, perturbed, total, self.batch_size, pick, device)
+        drop = clean[:, None] - moved.view(self.num_runs, batch).T  # (B, R)
         self.correlation_sum += row_pearson(mass, drop).sum()
         self.count += batch
 

@@ -62,3 +62,11 @@ def images_for(backbone: FrozenBackbone, count: int = 2) -> torch.Tensor:
 def reshape_transform(backbone: FrozenBackbone):  # noqa: ANN201
     """pytorch-grad-cam's ``reshape_transform`` for the backbone's layout (to ``(B, C, h, w)``)."""
     return lambda output: backbone.grid(output)
+
+
+def assert_close_to_largest(ours: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
+    """``|ours - expected| <= atol * max |expected|`` (random networks' attributions can be tiny,
+    so an absolute tolerance alone could pass on anything)."""
+    scale = expected.abs().max()
+    assert scale > 0
+    torch.testing.assert_close(ours / scale, expected / scale, atol=atol, rtol=0)

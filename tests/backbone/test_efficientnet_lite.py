@@ -73,7 +73,9 @@ def test_predicts_a_cat_with_the_logits_of_the_model(backbone_and_image):
 
 @pytest.mark.parametrize(
     ("method", "options"),
-    [("gradcam", {}), ("scorecam", {"batch_size": 64}), ("rise", {"num_masks": 1000, "s": 7})],
+    # RISE with 300 masks (was 1000; 3.3x cheaper) peaks on the face with mask seeds 0, 1 and 2
+    # (photo x, y: (227, 114), (288, 174), (175, 103)).
+    [("gradcam", {}), ("scorecam", {"batch_size": 64}), ("rise", {"num_masks": 300, "s": 7})],
 )
 def test_map_peaks_on_the_cat_face(backbone_and_image, method, options):
     backbone, image = backbone_and_image

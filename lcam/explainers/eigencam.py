@@ -33,7 +33,7 @@ def first_component_projection(features: Tensor, sign_correction: bool = True) -
     With ``sign_correction`` each projection is negated when ``|min| > |max|``.
     """
     batch, channels, height, width = features.shape
-    samples = features.flatten(2).transpose(1, 2).double()  # (B, hw, C)
+    samples = features.flatten(2).transpose(1, 2).float()  # (B, hw, C)
     samples = samples - samples.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(samples, full_matrices=False)
     projection = torch.einsum("bpc,bc->bp", samples, vh[:, 0])

@@ -322,7 +322,7 @@ class LCAMModule(LightningModule):
         )
 
     def on_validation_start(self) -> None:
-        """Draw the faithfulness subset from the validation set (logged once per set)."""
+        """Draw the faithfulness subset from the validation set (logged when it changes)."""
         if self.faithfulness is not None:
             names = getattr(getattr(self.trainer, "datamodule", None), "class_names", None)
             chosen = self.faithfulness.choose(self.trainer.val_dataloaders, names)

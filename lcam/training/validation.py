@@ -93,15 +93,15 @@ class ValidationFaithfulness(nn.Module):
         )
         self.indices: Tensor | None = None  # the subset's dataset indices, once chosen
         self._scored: Tensor | None = None  # the ones this process scores
-        self._chosen_for: tuple[int, int] | None = None  # (id, size) of the dataset drawn from
         self.seen = 0  # images streamed this epoch, for batches without an ``index``
 
     def choose(self, loader: Any, class_names: Sequence[str] | None = None) -> str | None:
-        """Draw the subset from the validation ``loader``'s dataset (once per dataset).
+        """Draw the subset from the validation ``loader``'s dataset, and this process's share of it
+        from the loader's sampler (called as each validation starts; the draw is fixed).
 
-        Returns the log line naming the classes covered when a subset was drawn, else None (the
-        same dataset again, or a loader without a sized dataset: then the first ``subset`` images
-        seen are scored).
+        Returns the log line naming the classes covered when the subset differs from the last
+        one drawn, else None (the same subset again, or a loader without a sized dataset: then
+        the first ``subset`` images seen are scored).
         """
         dataset = getattr(loader, "dataset", None) if isinstance(loader, DataLoader) else None
         try:
@@ -109,14 +109,14 @@ class ValidationFaithfulness(nn.Module):
         except TypeError:
             self.indices = self._scored = None
             return None
-        key = (id(dataset), size)
-        if self._chosen_for == key:
-            return None
         labels = dataset_labels(dataset)
-        self.indices = stratified_subset(labels, size, self.subset)
+        previous, self.indices = self.indices, stratified_subset(labels, size, self.subset)
         mine = own_indices(loader.sampler)
-        scored = self.indices if mine is None else self.indices[torch.isin(self.indices, mine)]
-        self._scored, self._chosen_for = scored, key
+        self._scored = (
+            self.indices if mine is None else self.indices[torch.isin(self.indices, mine)]
+        )
+        if previous is not None and torch.equal(previous, self.indices):
+            return None
         return describe_subset(self.indices, labels, size, class_names)
 
     def update(self, images: Tensor, logit_maps: Tensor, indices: Tensor | None) -> None:

@@ -106,6 +106,8 @@ def _stopped(
     """Report a run a signal stopped; the exit to raise (143 SIGTERM, 130 SIGINT)."""
     name = signals.name or "SIGTERM"  # Lightning's own handler got it (no StopSignals active)
     code = signals.exit_code or exit_code(signal.SIGTERM)
+    if interruption.rank != 0:  # DDP: rank 0 reports for every rank
+        return SystemExit(code)
     if interruption.checkpoint is not None:
         print(
             f"train.py: stopped by {name}; saved {interruption.checkpoint}. Resume with:\n"

@@ -5,7 +5,8 @@
   at once (``KeyboardInterrupt``). The exit code of a stopped run is ``128 + signal``: 143 for
   SIGTERM, 130 for SIGINT, as a shell reports a process the signal killed.
 - :class:`InterruptionCheckpoint`: the Lightning side. Either signal makes the trainer stop the
-  way Lightning stops on SIGTERM (after the training step in flight, every DDP rank together);
+  way Lightning stops on SIGTERM (after the training step in flight; under DDP every rank after
+  the same step, whichever ranks got the signal, decided by one all-reduce per step);
   a stopped ``fit`` then saves ``interrupted.ckpt`` (mid-epoch, with the loader position, see
   :mod:`lcam.data.loaders`) beside the other checkpoints, written by rank 0 only.
 """
@@ -84,6 +85,13 @@ class StopSignals:
         """``"SIGTERM"`` / ``"SIGINT"`` (empty if none)."""
         return signal.Signals(self.received).name if self.received is not None else ""
 
+    def reinstall(self) -> None:
+        """Put this object's handlers back in place of any installed since it was entered (the
+        handlers it restores on exit stay those from before it)."""
+        if self._previous and threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                signal.signal(signum, self._handle)
+
     def listen(self, listener: Callable[[int], None]) -> None:
         """Call ``listener(signum)`` on every recorded signal (from the signal handler)."""
         self._listeners.append(listener)
@@ -126,24 +134,41 @@ class InterruptionCheckpoint(Callback):
         self.checkpoint: Path | None = None
         self.error: OSError | None = None
         self.folder: Path | None = None
+        self.rank = 0  # this process's global rank (DDP): only rank 0 reports the stop
         self._trainer: pl.Trainer | None = None
         signals.listen(self._on_signal)
 
     def _on_signal(self, signum: int) -> None:
-        if self._trainer is not None:
+        # Under DDP the ranks decide together after each step (see ``on_train_batch_end``).
+        if self._trainer is not None and self._trainer.world_size == 1:
             _request_lightning_stop(self._trainer)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer = trainer
+        self._trainer, self.rank = trainer, trainer.global_rank
         self.folder = self.directory(trainer)
 
     def _reapply(self, trainer: pl.Trainer) -> None:
         # Lightning clears its flag as a stage starts: a signal received during setup counts.
-        if self.signals.stop:
+        if self.signals.stop and trainer.world_size == 1:
             _request_lightning_stop(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            # Lightning's own SIGTERM handler broadcasts between the ranks from inside the
+            # handler: a rank signalled twice (by the scheduler, then by rank 0's launcher)
+            # broadcasts twice, the others once, and the run hangs. Ours only records.
+            self.signals.reinstall()
         self._reapply(trainer)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        """Under DDP: after every step, all ranks stop if any received a signal (one collective),
+        so that they all stop after the same step and save one checkpoint together."""
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(
+            self.signals.stop, all=False
+        ):
+            _request_lightning_stop(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._reapply(trainer)

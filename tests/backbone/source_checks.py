@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 
 import torch
 from captum.attr import LayerGradCam
@@ -127,14 +128,15 @@ def planted_head(network: nn.Module, layout: str, prefix: int, row: int, col: in
     Every op between the default layer and ``forward_features``' output is per position (norms,
     1x1 convolutions, activations), so the logits depend on that one cell of the default layer.
     """
-    linear = nn.Linear(channels, 5)
 
-    def forward_head(features: Tensor, pre_logits: bool = False) -> Tensor:
+    def forward_head(self: nn.Module, features: Tensor, pre_logits: bool = False) -> Tensor:
         grid = to_grid(features, layout, prefix)
-        return linear(grid[:, :, row, col])
+        return self.planted_linear(grid[:, :, row, col])
 
-    network.forward_head = forward_head
-    network.planted_linear = linear  # registered, so it moves and freezes with the network
+    # a bound method reads the network's own (registered) layer, so a copy of the network
+    # (FrozenBackbone's) reads the copy's and torch.fx traces it
+    network.forward_head = types.MethodType(forward_head, network)
+    network.planted_linear = nn.Linear(channels, 5)
     return network
 
 

@@ -14,6 +14,20 @@ done, rank 0 merges the journals into ``predictions.jsonl`` (in input order) and
 next run (with any number of processes) reads as complete work.
 
 With ``num_nodes > 1`` the output folder must be on a file system all machines share.
+
+What differs from one process (``infer.py`` without ``--devices``), checked by hand with
+``--devices 2`` on the CPU:
+
+- Signals: SIGTERM does not stop the run after the batch in flight. Lightning's predict loop has
+  no stop check (it logs ``Received SIGTERM`` on every rank and goes on), so the run explains
+  every image and exits 0 (SIGINT: not tried). A stop is not made per batch here because the
+  ranks may get different numbers of batches (the sampler does not repeat images), so a
+  per-batch vote between them would wait forever at the end. What a killed run journaled is
+  kept (see above).
+- No folder lock: a multi-process run neither takes nor checks ``.infer.lock``, so a second run
+  on the same output folder is not refused, and the two may explain the same images (not
+  checked for duplicate records).
+- Progress: Lightning's bar (``--no-progress`` hides it), not the per-10 % lines of one process.
 """
 
 from __future__ import annotations

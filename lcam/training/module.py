@@ -100,7 +100,7 @@ class LCAMModule(LightningModule):
             (``val/deletion_auc``, ``val/insertion_auc``, blurred baseline; no head trains on it).
             Default ``["adic"]``.
         faithfulness_options: keyword arguments of ``ValidationFaithfulness`` (``batch_size``,
-            ``deletion_steps``).
+            ``deletion_steps``: 20 by default, 100 as the test-time comparison).
         faithfulness_maps: the maps those scores use, ``"logit"`` (the papers' pre-sigmoid map,
             as the comparison's default) or ``"shown"`` (the sigmoid attention the head shows,
             as ``comparison: {learned_maps: shown}``).

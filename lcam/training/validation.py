@@ -19,7 +19,7 @@ The sums are reduced over processes, and under DDP every subset image is scored 
 only (the sampler's padding repeats are skipped), so the values equal the single-process ones.
 Batches without an ``index`` fall back to the first ``n`` images seen (one process). Cost per
 subset image: one clean forward and one per fraction (AD/IC), ``2 (steps + 1)`` forwards
-(deletion/insertion).
+(deletion/insertion; 42 with the default 20 steps).
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ class ValidationFaithfulness(nn.Module):
         subset: images scored per epoch; must be >= 1.
         metrics: names from :data:`FAITHFULNESS_METRICS` (default ``("adic",)``).
         batch_size: images per forward pass inside the metrics.
-        deletion_steps: steps of the deletion/insertion curves (as the comparison's default).
+        deletion_steps: steps of the deletion/insertion curves: 20 by default, a coarser curve
+            than the comparison's 100 (42 forwards per image instead of 202); 100 gives the
+            test-time table's values.
     """
 
     def __init__(
@@ -80,7 +82,7 @@ class ValidationFaithfulness(nn.Module):
         subset: int,
         metrics: Sequence[str] = ("adic",),
         batch_size: int = 64,
-        deletion_steps: int = 100,
+        deletion_steps: int = 20,
     ) -> None:
         super().__init__()
         if subset < 1:

@@ -26,7 +26,15 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.cases import classic, learned, peers, pipeline, reference, training
+from benchmarks.cases import (
+    attribution_peers,
+    classic,
+    learned,
+    peers,
+    pipeline,
+    reference,
+    training,
+)
 from benchmarks.cases.base import Case, Context, NotApplicableError
 from benchmarks.models import MODELS, ModelSpec, build_backbone
 
@@ -53,6 +61,7 @@ GROUP_MODULES: dict[str, ModuleType] = {
     "classic": classic,
     "train": training,
     "peers": peers,
+    "attribution": attribution_peers,
     "pipeline": pipeline,
 }
 GROUPS: dict[str, list[str]] = {name: list(m.METHODS) for name, m in GROUP_MODULES.items()}

@@ -2,7 +2,11 @@
 
 Blocks fenced as ``python`` or ``bash`` run in order, one temporary working folder per page
 (``train.py``, ``infer.py``, ``configs/``, ``lcam/`` and ``scripts/`` linked in, the venv's
-``python`` first on ``PATH``), so a later block can use what an earlier one wrote. Other fences
+``python`` first on ``PATH``), so a later block can use what an earlier one wrote. That ``python``
+is ``shim.py``: every ``python ...`` command (and every Python block, run as ``python block.py``)
+runs in a fork of one ``forkserver.py`` process that imported torch, Lightning and lcam once per
+session, so a command costs its own work and not 4 s of imports; it is otherwise the command
+shown, in its own process. Other fences
 (``text``, ``yaml``, ...) are not run. An HTML comment on the line before a fence changes that:
 
 - ``<!-- docs-test: skip REASON -->``: the block is not run (a reason is required), e.g. a
@@ -18,8 +22,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,17 +94,46 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(block: Block, cwd: Path, page: Path) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", NO_MKDOCS_2_WARNING="1")
+@pytest.fixture(scope="session")
+def python_bin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment of the blocks: ``python`` on ``PATH`` runs in a fork of the fork server."""
+    folder = tmp_path_factory.mktemp("docs-python")
+    address = folder / "forkserver.sock"
+    shim = Path(__file__).with_name("shim.py")
+    for name in ("python", "python3"):
+        (folder / name).write_text(f'#!/bin/sh\nexec "$LCAM_DOCS_PYTHON" "{shim}" "$@"\n')
+        (folder / name).chmod(0o755)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    server = subprocess.Popen(
+        [sys.executable, str(shim.with_name("forkserver.py")), str(address)],
+        env=env,
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert server.stdout is not None and server.stdout.readline() == b"ready\n"
+    venv = Path(sys.executable).parent
+    env.update(
+        PATH=f"{folder}{os.pathsep}{venv}{os.pathsep}{os.environ['PATH']}",
+        NO_MKDOCS_2_WARNING="1",
+        LCAM_DOCS_FORKSERVER=str(address),
+        LCAM_DOCS_PYTHON=sys.executable,
+    )
+    yield env
+    os.killpg(server.pid, signal.SIGKILL)  # the server and any child a timed-out block left
+    server.wait()
+
+
+def run(block: Block, cwd: Path, page: Path, env: dict[str, str]) -> None:
     if block.language == "python":
         (cwd / "block.py").write_text(block.code)
-        command = [sys.executable, "block.py"]
+        command = ["python", "block.py"]
     else:
         code = with_appended(block.code, *block.append) if block.append else block.code
         command = ["bash", "-euo", "pipefail", "-c", code]
+    start = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     where = f"{page.relative_to(ROOT)}:{block.line}"
+    print(f"{where}: {time.perf_counter() - start:.1f} s")
     assert result.returncode == 0, f"{where} failed:\n{block.code}\n{result.stderr[-4000:]}"
 
 
@@ -112,8 +148,8 @@ def test_markers_are_well_formed() -> None:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_code_block_runs(page: Path, tmp_path: Path) -> None:
+def test_every_code_block_runs(page: Path, tmp_path: Path, python_bin: dict[str, str]) -> None:
     cwd = workdir(tmp_path)
     runnable = [b for b in blocks(page) if b.language in ("python", "bash") and b.skip is None]
     for block in runnable:
-        run(block, cwd, page)
+        run(block, cwd, page, python_bin)

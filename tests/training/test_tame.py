@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+from baselines import centre_prior, constant_map, margin_report
 from helpers import quiet_trainer, shapes_module
 
 import lcam
@@ -93,7 +94,9 @@ def _train(
 
 
 def compare_localisation(seed: int = 0) -> dict[str, float]:
-    """In-mask energy of TAME and L-CAM-Fm after the same budget (one epoch of 2048 images)."""
+    """In-mask energy of TAME and L-CAM-Fm after the same budget (one epoch of 2048 images), and
+    on the same held-apart images of the trivial answers: the untrained TAME head (same seed), a
+    constant map and a centre prior."""
     data = SyntheticShapesDataModule(
         train_size=2048, val_size=8, test_size=192, batch_size=64, seed=seed
     )
@@ -104,6 +107,14 @@ def compare_localisation(seed: int = 0) -> dict[str, float]:
         maps = module.explainer.explain(batch["image"]).maps
         return in_mask_energy(maps, batch["mask"]).mean().item()
 
+    torch.manual_seed(seed)  # the initialisation ``_train`` starts from
+    untrained = shapes_module("tame", lr=3e-3)
+    size = batch["image"].shape[-2:]
+    trivial = {
+        "untrained": energy(untrained),
+        "constant": in_mask_energy(constant_map(len(batch["mask"]), *size), batch["mask"]),
+        "centre": in_mask_energy(centre_prior(len(batch["mask"]), *size), batch["mask"]),
+    }
     tame = _train("tame", data, lr=3e-3, seed=seed, max_epochs=1)
     with torch.no_grad():
         output, class_maps = tame.explainer.eval().class_maps(batch["image"])
@@ -118,6 +129,7 @@ def compare_localisation(seed: int = 0) -> dict[str, float]:
         # The weakest class's mean map peak: a collapsed class map stays near 0 everywhere.
         "weakest_class_peak": min(peaks[predicted == c].mean().item() for c in predicted.unique()),
         "object_share": batch["mask"].float().mean().item(),
+        **{name: float(torch.as_tensor(value).mean()) for name, value in trivial.items()},
     }
 
 
@@ -126,9 +138,17 @@ def test_tame_localises_at_least_as_well_as_lcam() -> None:
     # TAMEHead docstring for why the fuse bias starts at 1: with PyTorch's default the map of
     # the class that black images get collapses and TAME loses to L-CAM-Fm).
     result = compare_localisation(seed=0)
+    report = margin_report(
+        {name: result[name] for name in ("tame", "lcam_fm", "untrained", "constant", "centre")},
+        real="tame",
+    )
+    print("in-mask energy:", report)
     assert result["weakest_class_peak"] > 0.5, result  # no class map collapsed
-    assert result["tame"] >= result["lcam_fm"], result
+    assert result["tame"] >= result["lcam_fm"], report
     assert result["tame"] >= 2 * result["object_share"], result
+    # Trivial answers on the same images: TAME must beat each by 0.05 of in-mask energy.
+    for trivial in ("untrained", "constant", "centre"):
+        assert result["tame"] >= result[trivial] + 0.05, report
 
 
 def test_mixed_precision_training_runs_for_tame() -> None:

@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 from lcam.data import ImageFolderDataModule, SyntheticShapesDataModule
 from lcam.metrics import AverageDropIncrease, DeletionInsertion
 from lcam.training import LCAMModule
-from lcam.training.validation_subset import own_indices, stratified_subset
+from lcam.training.validation_subset import dataset_labels, own_indices, stratified_subset
 
 CLASSES, PER_CLASS, SIDE = 10, 4, 32
 LEVELS = CLASSES * PER_CLASS + 1  # image j of class c has grey level (c * PER_CLASS + j + 1) / 41
@@ -122,3 +122,17 @@ def test_deletion_insertion_is_logged_equal_to_the_metric_and_monitorable(tmp_pa
     assert "val/ad_15" in logged  # both metrics at once
     # A real measurement: removing the map's top pixels first costs more than adding them back.
     assert logged["val/deletion_auc"] < logged["val/insertion_auc"]
+
+
+def test_labels_are_read_from_folders_image_lists_and_subsets(tmp_path) -> None:
+    class_sorted_folder(tmp_path / "val")
+    expected = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text("{}")
+    for side_data in ({}, {"boxes_file": str(boxes)}):  # ImageFolder targets; image samples
+        data = ImageFolderDataModule(val_dir=str(tmp_path / "val"), num_workers=0, **side_data)
+        dataset = data.val_dataloader().dataset
+        assert torch.equal(dataset_labels(dataset), expected), type(dataset).__name__
+    subset = torch.utils.data.Subset(dataset, [39, 0, 17])
+    assert dataset_labels(subset).tolist() == [9, 0, 4]
+    assert dataset_labels(SyntheticShapesDataModule(val_size=8).dataset("val")) is None

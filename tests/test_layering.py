@@ -36,7 +36,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 # Old import paths kept as thin re-exports for one release. They may import anything, and
 # nothing inside lcam may import them. An entry whose file is gone is simply not checked.
-COMPAT = frozenset({"lcam.heads.lcam", "lcam.explainers.activation_max"})
+# None today: lcam.heads.lcam and lcam.explainers.activation_max are deleted.
+COMPAT: frozenset[str] = frozenset()
 
 MAX_LINES = 420
 

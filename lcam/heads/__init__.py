@@ -2,7 +2,6 @@
 
 ``base`` (the head interface, 1x1-convolution attention), ``conv`` (L-CAM-Fm, L-CAM-Img),
 ``tame`` (multi-layer fusion, and its shared-map variant), ``registry`` (heads by name).
-``lcam.heads.lcam`` is the old import path of ``base``/``conv``, kept for one release.
 """
 
 from lcam.heads.base import LCAMHead

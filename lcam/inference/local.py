@@ -42,9 +42,9 @@ def run_inference(
         files: inputs from :func:`~lcam.inference.files.collect_images`.
         output: output folder (created); it may be the input folder (see
             :mod:`lcam.inference.writer`: nothing but the job's own files is written over).
-        target, image_size, batch_size, num_workers, overwrite, progress, precision,
-            channels_last, colormap: see :class:`~lcam.inference.step.InferenceOptions`.
-
+        target, image_size, batch_size, num_workers, overwrite: see
+            :class:`~lcam.inference.step.InferenceOptions`, as are ``progress``, ``precision``,
+            ``channels_last`` and ``colormap``.
         stop: asked after every batch (its outputs written and journaled); ``True`` ends the
             run there (``infer.py``: a SIGTERM or SIGINT arrived). The next run does the rest.
 

@@ -11,6 +11,7 @@ or 130 every finished output is kept and the same command finishes the rest.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from lcam.inference.lock import FolderBusyError
 from lcam.inference.step import InferenceOptions, prepare_model
 from lcam.inference.writer import ERRORS, OutputWriteError, owned_files
 from lcam.onnx import load_onnx_explainer
-from lcam.training.interruption import StopSignals
+from lcam.training.interruption import StopSignals, exit_code
 from lcam.visualise.activation_max import activation_maximisation
 from lcam.viz import COLORMAPS, to_uint8
 
@@ -280,16 +281,58 @@ def _run_one_process(
     except (FolderBusyError, OutputWriteError) as error:
         print(f"infer.py: error: {error}", file=sys.stderr)
         return 3
-    left = len(files) - counts["done"] - counts["skipped"] - counts["failed"]
-    if signals.stop and left > 0:
-        print(
-            f"infer.py: stopped by {signals.name}: {counts['done']} explained, "
-            f"{counts['skipped']} already done, {left} left (outputs kept in {output}); run the "
-            "same command again to finish",
-            file=sys.stderr,
-        )
-        return signals.exit_code
-    return counts
+    return _report_stop(counts, len(files), output, signals.received) or counts
+
+
+def _report_stop(counts: dict[str, Any], total: int, output: str, signum: int | None) -> int:
+    """The exit code of a run ``signum`` stopped before it got through its ``total`` inputs
+    (reported on stderr), else 0."""
+    left = total - counts["done"] - counts["skipped"] - counts["failed"]
+    if not signum or left <= 0:
+        return 0
+    print(
+        f"infer.py: stopped by {signal.Signals(signum).name}: {counts['done']} explained, "
+        f"{counts['skipped']} already done, {left} left (outputs kept in {output}); run the "
+        "same command again to finish",
+        file=sys.stderr,
+    )
+    return exit_code(signum)
+
+
+def _run_processes(
+    explainer: Explainer,
+    files: Sequence[ImageFile],
+    args: argparse.Namespace,
+    options: InferenceOptions,
+    relaunchable: bool,
+) -> dict[str, Any] | int:
+    """:func:`run_distributed_inference`, every rank stopping after its batch in flight on
+    SIGTERM / SIGINT; the counts, or the exit code of a run that did not finish (rank 0 reports
+    it on stderr; other ranks return 0: their non-zero exit would make Lightning's launcher
+    kill rank 0 while it reports)."""
+    try:
+        with StopSignals() as signals:
+            counts = run_distributed_inference(
+                explainer,
+                files,
+                args.output,
+                devices=args.devices,
+                num_nodes=args.num_nodes,
+                accelerator=args.accelerator,
+                strategy=args.strategy,
+                relaunchable=relaunchable,
+                signals=signals,
+                **vars(options),
+            )
+    except LaunchError as error:
+        print(f"infer.py: error: {error}", file=sys.stderr)
+        return 2
+    except FolderBusyError as error:
+        print(f"infer.py: error: {error}", file=sys.stderr)
+        return 3
+    if counts["rank"] != 0:
+        return 0
+    return _report_stop(counts, len(files), args.output, counts["stopped"]) or counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -343,25 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return counts
         processes = ""
     else:
-        try:
-            counts = run_distributed_inference(
-                explainer,
-                files,
-                args.output,
-                devices=args.devices,
-                num_nodes=args.num_nodes,
-                accelerator=args.accelerator,
-                strategy=args.strategy,
-                relaunchable=argv is None or list(argv) == sys.argv[1:],
-                **vars(options),
-            )
-        except LaunchError as error:
-            print(f"infer.py: error: {error}", file=sys.stderr)
-            return 2
-        if counts["rank"] != 0:
-            # Rank 0 reports the run and gives its exit code; an other rank's non-zero exit
-            # would make Lightning's launcher kill rank 0 while it reports.
-            return 0
+        relaunchable = argv is None or list(argv) == sys.argv[1:]
+        counts = _run_processes(explainer, files, args, options, relaunchable)
+        if isinstance(counts, int):
+            return counts
         per_rank = " + ".join(map(str, counts["per_rank"]))
         processes = f" ({per_rank} by {len(counts['per_rank'])} processes)" if per_rank else ""
     print(

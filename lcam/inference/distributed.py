@@ -35,7 +35,8 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,11 @@ from lcam._io import read_jsonl
 from lcam.explainers.base import Explainer
 from lcam.explanation import Explanation
 from lcam.inference.files import ImageFile
+from lcam.inference.lock import FolderLock
 from lcam.inference.step import InferenceOptions, explain_batch, make_loader
+from lcam.inference.stop import SharedStop
 from lcam.inference.writer import OutputWriter
+from lcam.training.interruption import StopSignals
 
 __all__ = ["DistributedWriter", "ExplainModule", "LaunchError", "run_distributed_inference"]
 
@@ -65,11 +69,15 @@ class ExplainModule(pl.LightningModule):
         explainer: any :class:`~lcam.explainers.base.Explainer`; Lightning moves it to the
             rank's device.
         options: the job's options (target, precision, memory format), as in one process.
+        stop: asked before every batch is fetched; once it says stop, the rank's loop ends
+            there (its batch in flight was written), without waiting for the other ranks.
     """
 
-    def __init__(self, explainer: Explainer, options: InferenceOptions) -> None:
+    def __init__(
+        self, explainer: Explainer, options: InferenceOptions, stop: SharedStop | None = None
+    ) -> None:
         super().__init__()
-        self.explainer, self.options = explainer, options
+        self.explainer, self.options, self.stop = explainer, options, stop
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
@@ -78,8 +86,16 @@ class ExplainModule(pl.LightningModule):
         the CPU, where their outputs are written."""
         return batch
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> Explanation | None:
-        """The explanation of the batch's readable images (``None`` if there are none)."""
+    def predict_step(self, dataloader_iter: Iterator[Any]) -> Explanation | None:
+        """The explanation of the next batch's readable images (``None`` if there are none).
+
+        Takes the loader's iterator (Lightning then fetches no batch ahead), so that a stop
+        ends the loop before the next batch is even decoded: ``StopIteration`` is how Lightning
+        lets a step end its loop, which then ends as if the rank's share were done.
+        """
+        if self.stop is not None and self.stop.requested():
+            raise StopIteration
+        batch, _, _ = next(dataloader_iter)
         return explain_batch(self.explainer, batch, self.options)
 
 
@@ -88,16 +104,19 @@ class DistributedWriter(BasePredictionWriter):
     merges the journals at the end.
 
     - ``setup``: checks that all ranks found the same pending images; rank 0 folds the journals
-      of an interrupted run into ``predictions.jsonl``; then each rank opens its own journals.
+      of an interrupted run into ``predictions.jsonl`` and lowers a stop flag a killed run left;
+      then each rank opens its own journals (and raises the flag if signalled meanwhile).
+    - predict start: the stop's signal handlers go back over Lightning's.
     - each batch: maps, overlays and records, as in one process.
-    - ``teardown`` (every rank, also one that got no batch): rank 0 merges the journals and all
-      ranks receive the counts in :attr:`summary`.
+    - ``teardown`` (every rank, also one that got no batch or stopped early): rank 0 merges the
+      journals, lowers the stop flag, and all ranks receive the counts in :attr:`summary`.
 
     Args:
         writer: the output writer (one per rank).
         files: all inputs, in order.
         pending: the inputs still to explain; the predict dataset is built on them.
         complete: records of the inputs already complete, by name.
+        stop: the run's :class:`~lcam.inference.stop.SharedStop` (``None``: never stopped).
     """
 
     def __init__(
@@ -106,9 +125,11 @@ class DistributedWriter(BasePredictionWriter):
         files: Sequence[ImageFile],
         pending: Sequence[ImageFile],
         complete: dict[str, dict[str, Any]],
+        stop: SharedStop | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.writer, self.files, self.pending, self.complete = writer, files, pending, complete
+        self.stop = stop
         self.summary: dict[str, Any] | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -122,7 +143,11 @@ class DistributedWriter(BasePredictionWriter):
             )
         if trainer.is_global_zero:
             self.writer.consolidate(self.files, self.complete)
+            if self.stop is not None:
+                self.stop.clear()
         strategy.barrier("lcam-journals")  # no rank opens a journal that rank 0 then removes
+        if self.stop is not None:
+            self.stop.announce()  # a signal received while rank 0 lowered a leftover flag
         rank = trainer.global_rank
         self.writer.open(
             self.writer.rank_journal("predictions", rank),
@@ -130,6 +155,10 @@ class DistributedWriter(BasePredictionWriter):
             mode="w",
             claims=self.writer.rank_journal(".claims", rank),
         )
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.stop is not None:
+            self.stop.reinstall()
 
     def write_on_batch_end(
         self,
@@ -147,6 +176,9 @@ class DistributedWriter(BasePredictionWriter):
         self.writer.close()
         strategy = trainer.strategy
         strategy.barrier("lcam-merge")  # every rank's journal is complete and closed
+        # The one stop collective: every rank comes here once, however many batches it ran.
+        signum = 0 if self.stop is None else self.stop.signum
+        stopped = int(strategy.reduce(torch.tensor(signum), reduce_op="max").item())
         summary = None
         if trainer.is_global_zero:
             records: dict[str, dict[str, Any]] = {}
@@ -168,11 +200,14 @@ class DistributedWriter(BasePredictionWriter):
                 )
             errors = [*self.writer.refused, *errors]
             self.writer.consolidate(self.files, {**self.complete, **records}, errors)
+            if self.stop is not None:
+                self.stop.clear()  # every rank has passed its last check (the barrier above)
             summary = {
                 "done": sum(per_rank),
                 "skipped": len(self.complete),
                 "failed": len(errors),
                 "per_rank": per_rank,
+                "stopped": stopped,
             }
         self.summary = strategy.broadcast(summary, src=0)
 
@@ -192,6 +227,7 @@ def run_distributed_inference(
     accelerator: str = "auto",
     strategy: str = "auto",
     relaunchable: bool = True,
+    signals: StopSignals | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Explain ``files`` with Lightning predict in several processes; same files as one process.
@@ -205,26 +241,24 @@ def run_distributed_inference(
     Args:
         relaunchable: whether re-running ``sys.argv`` repeats this call; if not, and Lightning
             would have to start the processes itself, :class:`LaunchError` is raised.
+        signals: this process's active :class:`~lcam.training.interruption.StopSignals`; a
+            signal any rank records stops every rank after its batch in flight (see
+            :mod:`lcam.inference.stop`). ``None``: the run is not stopped by signals.
 
     Returns:
         Counts (the same in every process): ``{"done", "skipped", "failed"}``, ``"per_rank"``
-        (images explained by each rank) and this process's global ``"rank"``.
+        (images explained by each rank), ``"stopped"`` (the signal that stopped the run, 0 if
+        none; a stopped run has fewer than ``len(files)`` in all) and this process's global
+        ``"rank"``.
 
     Raises:
         LaunchError: the processes cannot be started from this call.
+        FolderBusyError: (global rank 0) another live run holds ``output``; nothing was written
+            and no other process was started.
         TypeError: an unknown option.
     """
     settings = InferenceOptions(**options)
     output = Path(output)
-    writer = OutputWriter.for_explainer(explainer, output, settings.target, settings.colormap)
-    complete, pending = writer.split_done(files, settings.overwrite)
-    if not pending:  # nothing to distribute: no process is started
-        output.mkdir(parents=True, exist_ok=True)
-        writer.consolidate(files, complete, writer.refused)
-        counts = {"done": 0, "skipped": len(complete), "failed": len(writer.refused)}
-        return {**counts, "per_rank": [], "rank": 0}
-
-    callback = DistributedWriter(writer, files, pending, complete)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -235,7 +269,6 @@ def run_distributed_inference(
         enable_model_summary=False,
         enable_progress_bar=settings.progress,
         inference_mode=False,
-        callbacks=[callback],
     )
     launcher = trainer.strategy.launcher
     if (
@@ -247,15 +280,36 @@ def run_distributed_inference(
             "Lightning starts the other processes by re-running this command line, which is not "
             "this call: run infer.py as a script, or start the processes yourself (torchrun)"
         )
-    output.mkdir(parents=True, exist_ok=True)
-    loader = make_loader(pending, explainer, settings, trainer.strategy.root_device.type == "cuda")
-    with warnings.catch_warnings():
-        # --num-workers is the user's choice; a batch of unreadable files predicts None.
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*predict returned None.*")
-        trainer.predict(
-            ExplainModule(explainer, settings), dataloaders=loader, return_predictions=False
-        )
+    # Global rank 0 holds the folder for the whole run; under Lightning's launcher it is the
+    # process that starts the others, so they start only once it holds the folder. The other
+    # ranks neither take nor check the lock (it is rank 0's: they would find it busy).
+    with FolderLock(output) if trainer.is_global_zero else nullcontext() as lock:
+        if lock is not None:
+            lock.report_takeover()
+        writer = OutputWriter.for_explainer(explainer, output, settings.target, settings.colormap)
+        complete, pending = writer.split_done(files, settings.overwrite)
+        if not pending:  # nothing to distribute: no process is started
+            output.mkdir(parents=True, exist_ok=True)
+            writer.consolidate(files, complete, writer.refused)
+            counts = {"done": 0, "skipped": len(complete), "failed": len(writer.refused)}
+            return {**counts, "per_rank": [], "stopped": 0, "rank": 0}
+        stop = SharedStop(output, signals)
+        callback = DistributedWriter(writer, files, pending, complete, stop)
+        trainer.callbacks.append(callback)
+        output.mkdir(parents=True, exist_ok=True)
+        cuda = trainer.strategy.root_device.type == "cuda"
+        loader = make_loader(pending, explainer, settings, cuda)
+        with warnings.catch_warnings():
+            # --num-workers is the user's choice; a batch of unreadable files predicts None.
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*predict returned None.*")
+            # predict_step takes the iterator to fetch its own batch once per step (see there).
+            warnings.filterwarnings("ignore", ".*`dataloader_iter` step flavor.*")
+            trainer.predict(
+                ExplainModule(explainer, settings, stop),
+                dataloaders=loader,
+                return_predictions=False,
+            )
     if callback.summary is None:
         raise RuntimeError("the prediction ended without merging its journals")
     return {**callback.summary, "rank": trainer.global_rank}

@@ -111,6 +111,15 @@ class FolderLock:
             raise
         return self
 
+    def report_takeover(self) -> None:
+        """Say on stderr whose lock was taken over, if any (see :attr:`taken_over`)."""
+        if self.taken_over is not None:
+            print(
+                f"taking over {self.path} from a run that ended without releasing it: "
+                f"{describe_owner(self.taken_over)}",
+                file=sys.stderr,
+            )
+
     def __exit__(
         self,
         kind: type[BaseException] | None,

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from baselines import centre_prior, constant_map, margin_report
 from helpers import quiet_trainer, shapes_module
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -37,15 +38,25 @@ def test_a_few_training_steps_lower_the_loss(head: str) -> None:
 def test_trained_head_localises_the_objects() -> None:
     data = SyntheticShapesDataModule(train_size=1536, val_size=256, test_size=256, batch_size=64)
     module = shapes_module("lcam_fm")
+    untrained = {k: v.clone() for k, v in module.explainer.head.state_dict().items()}
     quiet_trainer(max_epochs=1, limit_val_batches=0).fit(module, datamodule=data)
     held_apart = data.dataset("test")
     batch = torch.utils.data.default_collate([held_apart[i] for i in range(len(held_apart))])
-    explanation = module.explainer.explain(batch["image"])
-    energy = in_mask_energy(explanation.maps, batch["mask"]).mean().item()
-    area = batch["mask"].float().mean().item()
-    assert energy >= 2 * area, (energy, area)
+    masks = batch["mask"]
+    maps = {"trained": module.explainer.explain(batch["image"]).maps}
     with torch.no_grad():
         step = module._step(batch)
+        module.explainer.head.load_state_dict(untrained)
+        maps["untrained"] = module.explainer.explain(batch["image"]).maps
+    maps["constant"] = constant_map(len(masks), *masks.shape[-2:])
+    maps["centre"] = centre_prior(len(masks), *masks.shape[-2:])
+    energies = {name: in_mask_energy(m, masks).mean().item() for name, m in maps.items()}
+    report = margin_report(energies)
+    print("in-mask energy:", report)
+    area = masks.float().mean().item()
+    assert energies["trained"] >= 2 * area, (report, area)
+    for trivial in ("untrained", "constant", "centre"):  # 0.05 above each trivial answer
+        assert energies["trained"] >= energies[trivial] + 0.05, report
     assert step["masked_correct"].mean().item() > 0.5  # chance is 1/6
 
 

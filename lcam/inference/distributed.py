@@ -15,19 +15,29 @@ next run (with any number of processes) reads as complete work.
 
 With ``num_nodes > 1`` the output folder must be on a file system all machines share.
 
-What differs from one process (``infer.py`` without ``--devices``), checked by hand with
-``--devices 2`` on the CPU:
+As in one process (``infer.py`` without ``--devices``):
 
-- Signals: SIGTERM does not stop the run after the batch in flight. Lightning's predict loop has
-  no stop check (it logs ``Received SIGTERM`` on every rank and goes on), so the run explains
-  every image and exits 0 (SIGINT: not tried). A stop is not made per batch here because the
-  ranks may get different numbers of batches (the sampler does not repeat images), so a
-  per-batch vote between them would wait forever at the end. What a killed run journaled is
-  kept (see above).
-- No folder lock: a multi-process run neither takes nor checks ``.infer.lock``, so a second run
-  on the same output folder is not refused, and the two may explain the same images (not
-  checked for duplicate records).
-- Progress: Lightning's bar (``--no-progress`` hides it), not the per-10 % lines of one process.
+- The folder lock: global rank 0 (under Lightning's launcher, the process that parses the command
+  line and starts the others) holds ``<output>/.infer.lock`` (:class:`~lcam.inference.lock.
+  FolderLock`) for the whole run, from before it reads which images are done until the journals
+  are merged; it starts the other processes only once it holds it, so a second run on the folder
+  is refused (``infer.py`` exit 3) naming it, before its launcher starts any other process. A
+  lock left by a killed run is taken over. The other ranks neither take nor check the lock (with
+  torchrun they start beside rank 0; a refused rank 0 exits 3 and torchrun should end the rest:
+  not tried).
+- Signals: SIGTERM or SIGINT reaching any rank (``kill`` to the launcher only, or Ctrl-C to all)
+  stops every rank after its batch in flight: the rank that records it raises a flag file every
+  rank checks before it fetches its next batch (:mod:`lcam.inference.stop`, which says why not a
+  vote per batch). The ranks then merge their journals as at the end of a full run; rank 0
+  reports how far the run got and exits 143 / 130; the same command (with any number of
+  processes) finishes the job. Not covered: a SIGTERM in the short window between Lightning
+  installing its own SIGTERM handler and the predict loop starting (one barrier) also goes
+  through Lightning's handler, which forwards it to the processes it started and broadcasts
+  from inside the handler; ours records it all the same.
+
+What still differs: the progress is Lightning's bar (``--no-progress`` hides it), not the
+per-10 % lines of one process; write errors (full disk) are not turned into one process's
+one-line message and exit 3 (not handled here).
 """
 
 from __future__ import annotations
@@ -303,8 +313,9 @@ def run_distributed_inference(
             # --num-workers is the user's choice; a batch of unreadable files predicts None.
             warnings.filterwarnings("ignore", ".*does not have many workers.*")
             warnings.filterwarnings("ignore", ".*predict returned None.*")
-            # predict_step takes the iterator to fetch its own batch once per step (see there).
-            warnings.filterwarnings("ignore", ".*`dataloader_iter` step flavor.*")
+            # predict_step takes the iterator to fetch its own batch once per step (see there);
+            # Lightning calls that signature experimental (tested here with Lightning 2.6).
+            warnings.filterwarnings("ignore", ".*`dataloader_iter`.*")
             trainer.predict(
                 ExplainModule(explainer, settings, stop),
                 dataloaders=loader,

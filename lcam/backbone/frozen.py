@@ -184,7 +184,7 @@ class FrozenBackbone(BackboneViews, nn.Module):
     ) -> None:
         """Split at other target layer(s) and probe their shapes; ``default``: the layers are
         the default ones (``None``: ``target_layer is None``; :meth:`gradient_view` needs it)."""
-        example = torch.rand(1, 3, *self.input_hw).to(self.mean)  # the backbone's device and dtype
+        example = self._probe_input()  # seeded: building a backbone leaves the global RNG alone
         self._default_target = target_layer is None if default is None else default
         self.__dict__.pop("_evidence_layer", None)
         if target_layer is None:

@@ -7,6 +7,7 @@ from helpers import tiny_backbone
 
 import lcam
 from lcam.backbone import FrozenBackbone, WeightsUnavailableError
+from lcam.models import TinyResNet
 
 
 def test_one_pass_gives_features_and_the_plain_logits() -> None:
@@ -174,3 +175,14 @@ def test_class_path_model_without_num_classes_argument(tmp_path) -> None:
         ValueError, match=r"num_classes=5 .* 'helpers.PlantedRegion' gives 2 logits"
     ):
         FrozenBackbone("helpers.PlantedRegion", num_classes=5, **options)
+
+
+def test_building_and_retargeting_a_backbone_leaves_the_global_rng_alone() -> None:
+    # Probes are seeded: a user's seeded head initialisation must not depend on how many
+    # views or retargets lcam made before it (explainers on one backbone each take a view).
+    model = TinyResNet(num_classes=6)
+    state = torch.get_rng_state()
+    backbone = lcam.FrozenBackbone(model, input_size=64)
+    backbone.view(["layer2", "layer3"])
+    lcam.get_explainer("gradcam", backbone)
+    assert torch.equal(torch.get_rng_state(), state)

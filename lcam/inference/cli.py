@@ -327,7 +327,7 @@ def _run_processes(
     except LaunchError as error:
         print(f"infer.py: error: {error}", file=sys.stderr)
         return 2
-    except FolderBusyError as error:
+    except (FolderBusyError, OutputWriteError) as error:
         print(f"infer.py: error: {error}", file=sys.stderr)
         return 3
     if counts["rank"] != 0:

@@ -35,9 +35,12 @@ As in one process (``infer.py`` without ``--devices``):
   through Lightning's handler, which forwards it to the processes it started and broadcasts
   from inside the handler; ours records it all the same.
 
+- Write errors (full disk, read-only folder, no permission) end the run as in one process: one
+  line naming the folder, the error and the images that process finished (one line per process
+  that met the error), exit 3, outputs kept whole; the same command finishes the job.
+
 What still differs: the progress is Lightning's bar (``--no-progress`` hides it), not the
-per-10 % lines of one process; write errors (full disk) are not turned into one process's
-one-line message and exit 3 (not handled here).
+per-10 % lines of one process.
 """
 
 from __future__ import annotations
@@ -55,14 +58,14 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
-from lcam._io import read_jsonl
+from lcam._io import WRITE_ERRORS, read_jsonl
 from lcam.explainers.base import Explainer
 from lcam.explanation import Explanation
 from lcam.inference.files import ImageFile
 from lcam.inference.lock import FolderLock
 from lcam.inference.step import InferenceOptions, explain_batch, make_loader
 from lcam.inference.stop import SharedStop
-from lcam.inference.writer import OutputWriter
+from lcam.inference.writer import OutputWriteError, OutputWriter
 from lcam.training.interruption import StopSignals
 
 __all__ = ["DistributedWriter", "ExplainModule", "LaunchError", "run_distributed_inference"]
@@ -293,34 +296,44 @@ def run_distributed_inference(
     # Global rank 0 holds the folder for the whole run; under Lightning's launcher it is the
     # process that starts the others, so they start only once it holds the folder. The other
     # ranks neither take nor check the lock (it is rank 0's: they would find it busy).
-    with FolderLock(output) if trainer.is_global_zero else nullcontext() as lock:
-        if lock is not None:
-            lock.report_takeover()
-        writer = OutputWriter.for_explainer(explainer, output, settings.target, settings.colormap)
-        complete, pending = writer.split_done(files, settings.overwrite)
-        if not pending:  # nothing to distribute: no process is started
-            output.mkdir(parents=True, exist_ok=True)
-            writer.consolidate(files, complete, writer.refused)
-            counts = {"done": 0, "skipped": len(complete), "failed": len(writer.refused)}
-            return {**counts, "per_rank": [], "stopped": 0, "rank": 0}
-        stop = SharedStop(output, signals)
-        callback = DistributedWriter(writer, files, pending, complete, stop)
-        trainer.callbacks.append(callback)
-        output.mkdir(parents=True, exist_ok=True)
-        cuda = trainer.strategy.root_device.type == "cuda"
-        loader = make_loader(pending, explainer, settings, cuda)
-        with warnings.catch_warnings():
-            # --num-workers is the user's choice; a batch of unreadable files predicts None.
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*predict returned None.*")
-            # predict_step takes the iterator to fetch its own batch once per step (see there);
-            # Lightning calls that signature experimental (tested here with Lightning 2.6).
-            warnings.filterwarnings("ignore", ".*`dataloader_iter`.*")
-            trainer.predict(
-                ExplainModule(explainer, settings, stop),
-                dataloaders=loader,
-                return_predictions=False,
+    complete: dict[str, Any] = {}
+    writer: OutputWriter | None = None
+    try:
+        with FolderLock(output) if trainer.is_global_zero else nullcontext() as lock:
+            if lock is not None:
+                lock.report_takeover()
+            writer = OutputWriter.for_explainer(
+                explainer, output, settings.target, settings.colormap
             )
+            complete, pending = writer.split_done(files, settings.overwrite)
+            if not pending:  # nothing to distribute: no process is started
+                output.mkdir(parents=True, exist_ok=True)
+                writer.consolidate(files, complete, writer.refused)
+                counts = {"done": 0, "skipped": len(complete), "failed": len(writer.refused)}
+                return {**counts, "per_rank": [], "stopped": 0, "rank": 0}
+            stop = SharedStop(output, signals)
+            callback = DistributedWriter(writer, files, pending, complete, stop)
+            trainer.callbacks.append(callback)
+            output.mkdir(parents=True, exist_ok=True)
+            cuda = trainer.strategy.root_device.type == "cuda"
+            loader = make_loader(pending, explainer, settings, cuda)
+            with warnings.catch_warnings():
+                # --num-workers is the user's choice; a batch of unreadable files predicts None.
+                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+                warnings.filterwarnings("ignore", ".*predict returned None.*")
+                # predict_step takes the iterator to fetch its own batch once per step (see there);
+                # Lightning calls that signature experimental (tested here with Lightning 2.6).
+                warnings.filterwarnings("ignore", ".*`dataloader_iter`.*")
+                trainer.predict(
+                    ExplainModule(explainer, settings, stop),
+                    dataloaders=loader,
+                    return_predictions=False,
+                )
+    except OSError as error:  # the folder cannot take the lock, a journal or an output
+        if error.errno not in WRITE_ERRORS:
+            raise
+        done = len(complete) + (len(writer.records) if writer is not None else 0)  # this rank
+        raise OutputWriteError(output, error, done, len(files)) from error
     if callback.summary is None:
         raise RuntimeError("the prediction ended without merging its journals")
     return {**callback.summary, "rank": trainer.global_rank}

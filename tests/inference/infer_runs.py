@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -73,3 +75,16 @@ def assert_whole_and_journaled(out: Path, side: int = SIDE) -> list[dict]:
             assert image.size == (side, side), record
     assert not list(out.glob(".*.partial")), sorted(p.name for p in out.iterdir())
     return records
+
+
+def make_read_only(folder: Path) -> list[str]:
+    """The command that undoes it; skips when this user can write anyway."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return ["chmod", "755", str(folder)]
+    if shutil.which("chattr") is None:
+        pytest.skip("running as root without chattr: no way to make a read-only folder")
+    made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"chattr +i is not supported here: {made.stderr.strip()}")
+    return ["chattr", "-i", str(folder)]

@@ -27,7 +27,14 @@ import textwrap
 import time
 from pathlib import Path
 
-from infer_runs import ROOT, assert_whole_and_journaled, infer_command, infer_env, pictures
+from infer_runs import (
+    ROOT,
+    assert_whole_and_journaled,
+    infer_command,
+    infer_env,
+    make_read_only,
+    pictures,
+)
 from infer_runs import save_checkpoint as save_explainer
 
 from lcam.inference import main as infer_main
@@ -137,3 +144,25 @@ def test_two_processes_hold_the_folder_and_stop_after_the_batch_in_flight_on_sig
     records = assert_whole_and_journaled(out, SIDE)
     assert sorted(record["name"] for record in records) == names  # one record per image
     assert not (out / LOCK).exists()
+
+
+def test_two_processes_report_a_read_only_folder_in_one_line_and_a_rerun_finishes(
+    tmp_path,
+) -> None:
+    names = pictures(tmp_path / "in", 4, SIDE)
+    out = tmp_path / "out"
+    out.mkdir()
+    single = infer_command(save_explainer(tmp_path), tmp_path / "in", out)
+    command = [*single, *DISTRIBUTED]
+    undo = make_read_only(out)
+    try:
+        log = _start(command).communicate(timeout=120)[0]
+    finally:
+        subprocess.run(undo, check=True)
+    errors = [line for line in log.splitlines() if line.startswith("infer.py: error:")]
+    assert errors and "Traceback" not in log, log[-4000:]
+    assert f"cannot write in {out}" in errors[0] and f"of {len(names)} images done" in errors[0]
+    assert not list(out.iterdir())  # nothing, not even a partial file
+    assert infer_main(single[2:]) == 0
+    final = assert_whole_and_journaled(out, SIDE)
+    assert sorted(record["name"] for record in final) == names

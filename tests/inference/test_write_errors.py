@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from infer_runs import assert_whole_and_journaled, pictures, save_checkpoint
+from infer_runs import assert_whole_and_journaled, make_read_only, pictures, save_checkpoint
 
 import lcam._io
 from lcam.inference import main as infer_main
@@ -86,26 +85,13 @@ def test_a_write_error_mid_run_gives_one_line_and_a_rerun_finishes(
     assert sorted(record["name"] for record in final) == names
 
 
-def _make_read_only(folder: Path) -> list[str]:
-    """The command that undoes it; skips when this user can write anyway."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        return ["chmod", "755", str(folder)]
-    if shutil.which("chattr") is None:
-        pytest.skip("running as root without chattr: no way to make a read-only folder")
-    made = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"chattr +i is not supported here: {made.stderr.strip()}")
-    return ["chattr", "-i", str(folder)]
-
-
 def test_a_read_only_output_folder_is_reported_and_a_rerun_after_the_fix_finishes(
     tmp_path, checkpoint, capsys
 ) -> None:
     names = pictures(tmp_path / "in", COUNT, 64)
     out = tmp_path / "out"
     out.mkdir()
-    undo = _make_read_only(out)
+    undo = make_read_only(out)
     try:
         code = infer_main(_args(checkpoint, tmp_path / "in", out))
     finally:

@@ -13,6 +13,7 @@ import errno
 import io
 import json
 import os
+import re
 import secrets
 import sys
 from collections.abc import Callable, Iterable
@@ -31,6 +32,8 @@ __all__ = [
     "load_data",
     "progress",
     "read_jsonl",
+    "remove_temporaries",
+    "temporary_name",
     "write_jsonl",
 ]
 
@@ -64,7 +67,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own per call: two writers of one destination (two runs sharing an output
     # folder, two threads) must not write into, or delete, each other's temporary file.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    temporary = path.with_name(temporary_name(path.name))
     try:
         write(temporary)
         with temporary.open("rb+") as handle:
@@ -74,6 +77,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         temporary.unlink(missing_ok=True)
     fsync_folder(path.parent)
     return path
+
+
+TEMPORARY = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.partial$")
+"""The names :func:`atomic_write` gives its temporary files (and nothing a user would name)."""
+
+
+def temporary_name(name: str) -> str:
+    """``.<name>.<pid>-<8 hex>.partial``: the temporary file of one :func:`atomic_write` call."""
+    return f".{name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+
+
+def remove_temporaries(folder: str | Path) -> int:
+    """Delete the temporary files :func:`atomic_write` calls left under ``folder`` when their
+    process was killed (SIGKILL, power loss); only for a folder no live writer uses (its owner
+    holds the folder's lock). Returns how many were removed."""
+    removed = 0
+    for path in Path(folder).rglob(".*.partial"):
+        if TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lcam._io import remove_temporaries
+
 __all__ = ["LOCK", "FolderBusyError", "FolderLock", "describe_owner"]
 
 LOCK = ".infer.lock"
@@ -59,6 +61,8 @@ class FolderLock:
     Attributes:
         taken_over: the owner details of a previous run that ended without releasing the lock
             (killed), ``None`` if the lock was free.
+        removed_temporaries: temporary files the killed run's writes left (``.*.partial``),
+            removed on a takeover since no live run writes them.
 
     Raises:
         FolderBusyError: on entry, when a live run holds the lock.
@@ -68,6 +72,7 @@ class FolderLock:
     def __init__(self, folder: str | Path) -> None:
         self.path = Path(folder) / LOCK
         self.taken_over: dict[str, Any] | None = None
+        self.removed_temporaries = 0
         self._descriptor: int | None = None
 
     def __enter__(self) -> FolderLock:
@@ -109,6 +114,8 @@ class FolderLock:
         except BaseException:
             self._release()
             raise
+        if self.taken_over is not None:  # its owner was killed mid-write: no one writes them now
+            self.removed_temporaries = remove_temporaries(self.path.parent)
         return self
 
     def report_takeover(self) -> None:

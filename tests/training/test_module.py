@@ -132,10 +132,15 @@ def test_validation_faithfulness_equals_the_test_time_comparison(maps: str) -> N
     comparison.update(images)
     row = comparison.results()["rows"][0]
     assert row["images"] == 12
-    for kind in ("ad", "ic"):
+    # The validation step and explain() build the same map with operations in another order
+    # (they agree to ~4e-7), and a pixel that close to the 50 % or 15 % quantile may fall on the
+    # other side: it changes an image's drop by a few hundredths of a point (0.009 seen), while
+    # any other difference in the protocol moves AD by whole points. IC counts images: exact.
+    for kind, tolerance in (("ad", 0.05), ("ic", 1e-4)):
         for fraction in (100, 50, 15):
             name = f"{kind}_{fraction}"
-            assert logged[f"val/{name}"] == pytest.approx(row[f"{kind}@{fraction}"], abs=1e-4), name
+            expected = row[f"{kind}@{fraction}"]
+            assert logged[f"val/{name}"] == pytest.approx(expected, abs=tolerance), name
     # The scores are real measurements, not a constant: masking 85 % of the image costs more.
     assert logged["val/ad_15"] > logged["val/ad_100"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from lcam._io import WRITE_ERRORS, progress
 from lcam.explainers.base import Explainer
 from lcam.inference.files import ImageFile
-from lcam.inference.lock import FolderLock, describe_owner
+from lcam.inference.lock import FolderLock
 from lcam.inference.step import DEFAULTS, InferenceOptions, Precision, explain_batch, make_loader
 from lcam.inference.writer import PREDICTIONS, OutputWriteError, OutputWriter
 from lcam.viz import Colormap
@@ -74,12 +73,7 @@ def run_inference(
     complete: dict[str, Any] = {}
     try:
         with FolderLock(output) as lock:
-            if lock.taken_over is not None:
-                print(
-                    f"taking over {lock.path} from a run that ended without releasing it: "
-                    f"{describe_owner(lock.taken_over)}",
-                    file=sys.stderr,
-                )
+            lock.report_takeover()
             complete, pending = writer.split_done(files, overwrite)
             writer.consolidate(files, complete)  # fold in what an interrupted run journaled
             _explain_all(explainer, pending, writer, options, output, stop)

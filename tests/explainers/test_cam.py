@@ -8,6 +8,7 @@ import pytest
 import torch
 from captum.attr import LayerGradCam
 from helpers import tiny_backbone
+from peer_models import NormalisedModel
 from pytorch_grad_cam import GradCAM as ReferenceGradCAM
 from pytorch_grad_cam import GradCAMPlusPlus as ReferenceGradCAMPlusPlus
 from pytorch_grad_cam import XGradCAM as ReferenceXGradCAM
@@ -20,17 +21,6 @@ from lcam.explainers.cam import CAM, GradCAM, GradCAMPlusPlus, XGradCAM
 from lcam.explainers.registry import get_explainer
 
 CAM_NAMES = ["cam", "gradcam", "gradcampp", "xgradcam"]
-
-
-class NormalisedModel(nn.Module):
-    """What the peer libraries see: ``[0, 1]`` images in, the frozen network's logits out."""
-
-    def __init__(self, backbone: FrozenBackbone) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone.model(self.backbone.normalise(images))
 
 
 def small_vgg11(num_classes: int = 10) -> VGG:

@@ -10,13 +10,14 @@ Methods (each lcam explainer next to the peer it is tested against for parity):
   ``captum.GradientShap`` (16 samples, black and white baselines).
 
 Metrics, on Grad-CAM maps of the same images computed once before timing (lcam's metrics with
-their default ``batch_size=64`` images per forward; Quantus forwards one run of the batch at a
-time, captum's infidelity all perturbations at once):
+their default ``batch_size=64``, which caps their forwards at the batch's own size; Quantus
+forwards one run of the batch at a time, captum's infidelity all perturbations at once):
 
 - ``metric.faithfulness_correlation`` vs ``quantus.FaithfulnessCorrelation`` (100 runs, subsets
   of 224), ``metric.sparseness`` vs ``quantus.Sparseness``, ``metric.infidelity`` vs
   ``captum.infidelity`` (10 Gaussian perturbations, sigma 0.1, normalised),
-  ``metric.random_logit`` vs ``quantus.RandomLogit`` (Pearson similarity, Grad-CAM explains);
+  ``metric.random_logit`` vs ``quantus.RandomLogit`` (Pearson similarity, Grad-CAM explains the
+  random class; both are given the explained class's map);
   ``metric.monotonicity`` alone (Quantus 0.6.0's ``Monotonicity`` never restores a pixel, see
   ``tests/metrics/test_metrics_monotonicity.py``).
 """
@@ -186,7 +187,7 @@ def _metric(ctx: Context, method: str) -> Case:
             explain = _explain_fn(gradcam)
 
             def call() -> None:
-                metrics.RandomLogit(explain, backbone.num_classes).update(images)
+                metrics.RandomLogit(explain, backbone.num_classes).update(images, maps, targets)
         else:
 
             def call() -> None:

@@ -33,7 +33,8 @@ class FaithfulnessCorrelation(Metric):
     with ``y_c`` the logit of the explained class and ``b`` the baseline value (0: black).
     This is Quantus's definition (its ``"black"`` baseline is the image's minimum, 0 for
     images that contain black). Subsets come from a CPU generator seeded once at construction;
-    the ``R * B`` perturbed images are batched together in chunks of ``batch_size``.
+    the ``R * B`` perturbed images of a batch are predicted together, in chunks of ``B`` images
+    (at most ``batch_size``).
     States: the sum of correlations and the image count (exact under DDP).
 
     Args:
@@ -110,8 +111,13 @@ class FaithfulnessCorrelation(Metric):
         clean = predict_in_chunks(
             self.model, lambda i: images[i], batch, self.batch_size, pick, device
         )
+        # Chunks of the caller's own batch size (at most batch_size), not of batch_size: on a
+        # CPU a 64-image forward of the 64 px quickstart model costs 2.4x more per image than an
+        # 8-image one (its activations leave the cache; benchmarks/results/attribution-quickstart
+        # -2026-12-07-rerun.md), and the caller's batch is a size its own forwards already use.
+        chunk = min(self.batch_size, batch)
         total = self.num_runs * batch  # every run of every image, batched together
-        moved = predict_in_chunks(self.model, perturbed, total, self.batch_size, pick, device)
+        moved = predict_in_chunks(self.model, perturbed, total, chunk, pick, device)
         drop = clean[:, None] - moved.view(self.num_runs, batch).T  # (B, R)
         self.correlation_sum += row_pearson(mass, drop).sum()
         self.count += batch

@@ -32,7 +32,8 @@ class Infidelity(Metric):
 
     (captum's ``infidelity(..., normalize=True)``; the optimal scale ``beta`` makes the score
     independent of the map's scale, which min-max normalised maps do not carry; with
-    ``normalize=False``, ``beta = 1``). The perturbed images are not clipped. Noise comes from a
+    ``normalize=False``, ``beta = 1``). The perturbed images are not clipped; the ``N * B`` of a
+    batch are predicted in chunks of ``B`` images (at most ``batch_size``). Noise comes from a
     CPU generator seeded once at construction. States: the sum of scores and the image count.
 
     Args:
@@ -97,8 +98,13 @@ class Infidelity(Metric):
         clean = predict_in_chunks(
             self.model, lambda i: images[i], batch, self.batch_size, pick, device
         )
+        # Chunks of the caller's own batch size (at most batch_size), not of batch_size: on a
+        # CPU a 64-image forward of the 64 px quickstart model costs 2.4x more per image than an
+        # 8-image one (its activations leave the cache; benchmarks/results/attribution-quickstart
+        # -2026-12-07-rerun.md), and the caller's batch is a size its own forwards already use.
+        chunk = min(self.batch_size, batch)
         total = self.num_samples * batch
-        moved = predict_in_chunks(self.model, perturbed, total, self.batch_size, pick, device)
+        moved = predict_in_chunks(self.model, perturbed, total, chunk, pick, device)
         drop = clean - moved.view(self.num_samples, batch)  # (N, B)
         dot = torch.einsum("bhw,nbchw->nb", maps, noise.double())
         if self.normalize:

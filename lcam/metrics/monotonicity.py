@@ -97,8 +97,9 @@ class Monotonicity(Metric):
         def pick(logits: Tensor, index: Tensor) -> Tensor:
             return logits.double().gather(1, classes[index % batch, None])[:, 0]
 
-        total = self.steps * batch
-        scores = predict_in_chunks(self.model, restored, total, self.batch_size, pick, device)
+        # chunks of the batch's own size, at most batch_size (see FaithfulnessCorrelation)
+        total, chunk = self.steps * batch, min(self.batch_size, batch)
+        scores = predict_in_chunks(self.model, restored, total, chunk, pick, device)
         return scores.view(self.steps, batch).T
 
     def update(self, images: Tensor, maps: Tensor, targets: Tensor | None = None) -> None:

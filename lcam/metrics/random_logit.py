@@ -10,6 +10,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lcam.maps import upsample_maps
+from lcam.metrics.common import check_batch
 from lcam.metrics.correlation import row_pearson
 
 __all__ = ["ClassExplainFn", "RandomLogit"]
@@ -29,16 +30,19 @@ class RandomLogit(Metric):
 
     with the Pearson correlation over pixels (Quantus's ``RandomLogit`` with
     ``similarity_func=correlation_pearson``; its default is SSIM). A constant map correlates 0.
-    Two explanations per image; the other classes come from a CPU generator seeded once at
-    construction. States: the sum of similarities and the image count.
+    As in Quantus, ``Phi_c`` is the explanation the caller already has (the comparison computed
+    it for its other metrics): ``update`` explains only the random class, one explanation per
+    image (for a gradient method: 1 forward + 1 backward). The other classes come from a CPU
+    generator seeded once at construction. States: the sum of similarities and the image count.
 
     Args:
         explain_fn: images, classes -> maps and the classes explained (see
-            :data:`ClassExplainFn`).
+            :data:`ClassExplainFn`); the same method that made the maps given to ``update``.
         num_classes: ``K`` (at least 2).
         seed: seed of the class generator.
 
-    ``update(images)``: images ``(B, 3, H, W)`` in [0, 1]. ``compute()`` returns the mean.
+    ``update(images, maps, targets)``: images ``(B, 3, H, W)`` in [0, 1], maps ``(B, h, w)``
+    of the explained classes ``targets`` ``(B,)``. ``compute()`` returns the mean.
     """
 
     is_differentiable = False
@@ -65,13 +69,17 @@ class RandomLogit(Metric):
         draw = draw.to(classes.device)
         return draw + (draw >= classes).long()
 
-    def update(self, images: Tensor) -> None:
-        """Explain ``images`` ``(B, 3, H, W)`` for their class and a random other one."""
-        maps, classes = self.explain_fn(images, None)
-        other, _ = self.explain_fn(images, self.other_classes(classes))
-        size = tuple(maps.shape[-2:])
-        other = upsample_maps(other.float(), size)
-        self.similarity_sum += row_pearson(maps, other).sum().to(self.similarity_sum.device)
+    def update(self, images: Tensor, maps: Tensor, targets: Tensor) -> None:
+        """Explain ``images`` for a random class other than ``targets`` and compare with ``maps``
+        (shapes in the class docstring)."""
+        check_batch(images, maps, targets)
+        # Explainers enable autograd themselves; this covers any other explain_fn called from
+        # evaluation code under no_grad.
+        with torch.enable_grad():
+            other, _ = self.explain_fn(images, self.other_classes(targets.long()))
+        other = upsample_maps(other.float(), tuple(maps.shape[-2:]))
+        similarity = row_pearson(maps.float().to(other.device), other)
+        self.similarity_sum += similarity.sum().to(self.similarity_sum.device)
         self.count += len(images)
 
     def compute(self) -> Tensor:

@@ -1,5 +1,6 @@
-"""Random logit equals Quantus's (Pearson similarity) on the same other classes, and a
-class-sensitive explanation scores lower than one that ignores the class."""
+"""Random logit equals Quantus's (Pearson similarity) on the same other classes, explaining only
+the random class (the explained class's map is given, as in Quantus), and a class-sensitive
+explanation scores lower than one that ignores the class."""
 
 from __future__ import annotations
 
@@ -39,8 +40,16 @@ def test_matches_quantus_with_the_same_other_classes() -> None:
             draw = torch.as_tensor(np.random.randint(0, self.num_classes - 1, len(classes)))
             return draw + (draw >= classes).long()
 
-    metric = Replayed(explain, num_classes=5)
-    metric.update(images)
+    calls: list[torch.Tensor | None] = []
+
+    def counted(inputs: torch.Tensor, classes: torch.Tensor | None):  # noqa: ANN202
+        calls.append(classes)
+        return explain(inputs, classes)
+
+    metric = Replayed(counted, num_classes=5)
+    metric.update(images, maps, targets)
+    # the explained class's map is reused: one explanation per image, of the random class only
+    assert len(calls) == 1 and calls[0] is not None and not (calls[0] == targets).any()
     assert abs(metric.compute().item() - float(np.mean(reference))) < 1e-5
 
 
@@ -62,6 +71,7 @@ def test_class_sensitive_explanation_scores_lower() -> None:
     scores = {}
     for name, function in {"sensitive": sensitive, "blind": blind}.items():
         metric = RandomLogit(function, num_classes=3)
-        metric.update(images)
+        classes = torch.zeros(4, dtype=torch.long)
+        metric.update(images, function(images, classes)[0], classes)
         scores[name] = metric.compute().item()
     assert scores["blind"] == 1.0 and scores["sensitive"] < 0, scores

@@ -17,10 +17,12 @@ backbone and the leaf helpers; training and inference build on it).
 
 from lcam.evaluation.comparison import (
     ALL_METRICS,
+    COMPARISON_KEYS,
     DEFAULT_METRICS,
     MethodComparison,
     MethodCost,
     boxes_to_object_masks,
+    check_comparison_options,
 )
 from lcam.evaluation.dissection import (
     UnitAlignment,
@@ -28,13 +30,16 @@ from lcam.evaluation.dissection import (
     channel_quantiles,
     unit_alignment,
 )
+from lcam.evaluation.options import ComparisonOptions
 from lcam.evaluation.protocol import LEARNED_MAPS, LearnedMaps, check_learned_maps
 from lcam.evaluation.report import log_to_wandb, write_report
 from lcam.evaluation.sanity import model_randomisation, randomisable_layers, spearman
 
 __all__ = [
     "ALL_METRICS",
+    "COMPARISON_KEYS",
     "DEFAULT_METRICS",
+    "ComparisonOptions",
     "LEARNED_MAPS",
     "LearnedMaps",
     "MethodComparison",
@@ -43,6 +48,7 @@ __all__ = [
     "alignment_rows",
     "boxes_to_object_masks",
     "channel_quantiles",
+    "check_comparison_options",
     "check_learned_maps",
     "log_to_wandb",
     "model_randomisation",

@@ -35,10 +35,14 @@ from lcam.evaluation.examples import ExampleKeeper
 from lcam.evaluation.protocol import Explained, LearnedMaps, check_learned_maps, explain_timed
 from lcam.evaluation.specs import (
     ALL_METRICS,
+    COMPARISON_KEYS,
     DEFAULT_METRICS,
+    OWN_KEYS,
     SPECS,
     ComparisonOptions,
     Scored,
+    check_comparison_options,
+    checked_metrics,
     row_values,
 )
 from lcam.explainers import Explainer, LearnedExplainer
@@ -47,10 +51,12 @@ from lcam.maps import boxes_to_masks
 
 __all__ = [
     "ALL_METRICS",
+    "COMPARISON_KEYS",
     "DEFAULT_METRICS",
     "MethodComparison",
     "MethodCost",
     "boxes_to_object_masks",
+    "check_comparison_options",
 ]
 
 BoxesLike = Tensor | Sequence[Tensor | Sequence[Sequence[float]]]
@@ -84,6 +90,11 @@ def _located(masks: Tensor | None, rows: Tensor | None = None) -> int:
     return int((has_object if rows is None else has_object & rows).sum())
 
 
+def _trained_columns(row: Mapping[str, Any], trained_on: frozenset[str]) -> str:
+    """The columns of ``row`` in ``trained_on``, in row order, separated by spaces."""
+    return " ".join(column for column in row if column in trained_on)
+
+
 class MethodComparison(nn.Module):
     """Every metric for every explanation method, from one explanation per method and image.
 
@@ -105,8 +116,14 @@ class MethodComparison(nn.Module):
       every image ``sensitivity_samples`` more times).
     - ``faithfulness_correlation`` (higher better), ``monotonicity`` (higher), ``infidelity``
       (lower), ``sparseness`` (higher), ``random_logit`` (lower): the Quantus-style metrics
-      (:data:`~lcam.evaluation.specs.OPT_IN_METRICS`, off by default; their settings are the
-      :class:`~lcam.evaluation.specs.ComparisonOptions` defaults).
+      (:data:`~lcam.evaluation.specs.OPT_IN_METRICS`, off by default).
+
+    Cost of the default metrics, in forwards of the classifier per image and method, on top of
+    the explanation: deletion/insertion ``2 * (deletion_steps + 1)`` per baseline (404 with the
+    default 100 steps and both baselines), ROAD one per removed fraction and order (14), AD/IC
+    one per fraction plus the clean image (4); the localisation metrics none (measured by
+    ``tests/evaluation/test_trained_on.py``). Halving ``deletion_steps`` or keeping one baseline
+    halves the largest part.
 
     The explained class is the predicted one. The forward/backward passes per image are those the
     explainer reports for its explanation; the timing covers only producing the maps (an untimed
@@ -117,6 +134,11 @@ class MethodComparison(nn.Module):
     every method's map of the predicted and of the true class (the latter from a second,
     untimed explanation of those images only).
 
+    Each row records, in ``trained_on``, the columns that method's training objective optimises
+    (``trained_on`` argument; a learned head's set comes from its training configuration,
+    :attr:`lcam.training.LCAMModule.trained_on`; classic methods train on nothing), and the report
+    marks those cells and groups the columns into metrics a head trains on and independent ones.
+
     The explainers and the backbone are held by reference, never registered as submodules, so
     attaching a comparison to a LightningModule adds nothing to its checkpoints (metric states
     are not persistent either).
@@ -125,22 +147,22 @@ class MethodComparison(nn.Module):
         backbone: the frozen classifier the metrics perturb (the one the explainers explain).
         explainers: ``{method name: explainer}``, e.g. ``{"lcam": learned, "gradcam": ...}``.
             Names must not contain ``"."``.
-        fractions: AD/IC kept fractions (the papers' 100 %, 50 %, 15 %).
-        road_fractions: ROAD removed fractions (T-TAME's 10..50, 70, 90 %).
-        road_order: ``"both"``, ``"morf"`` or ``"lerf"``.
-        deletion_steps: steps of the deletion/insertion curves.
-        deletion_baseline: insertion start, ``"blur"`` (RISE paper) or ``"black"``.
-        batch_size: maximum images per forward pass inside the metrics.
+        metrics: names from :data:`ALL_METRICS` to compute (default :data:`DEFAULT_METRICS`).
         gallery_size: images kept with every method's overlay.
         max_misclassified: misclassified images kept (0 disables the second explanation).
-        metrics: names from :data:`ALL_METRICS` to compute (default :data:`DEFAULT_METRICS`).
-        pointing_tolerance: pointing-game tolerance in pixels (15 in Zhang et al.).
-        iou_threshold: threshold of the normalised map for :class:`~lcam.metrics.MaskIoU`.
-        road_noise_std, seed: ROAD imputation noise and its seed.
-        sensitivity_radius, sensitivity_samples: max-sensitivity settings.
         class_names: names of the classes for the gallery (default: the backbone's).
         learned_maps: the AD/IC maps of learned heads, ``"logit"`` (the papers' pre-sigmoid
             map) or ``"shown"`` (see :func:`~lcam.evaluation.protocol.explain_timed`).
+        trained_on: ``{method name: column names its objective trains on}`` (methods not named
+            train on nothing).
+        **options: the metrics' settings, the fields of
+            :class:`~lcam.evaluation.options.ComparisonOptions`: ``fractions``,
+            ``road_fractions``, ``road_order``, ``deletion_steps``, ``deletion_baselines``,
+            ``batch_size``, ``pointing_tolerance``, ``iou_threshold``, ``road_noise_std``,
+            ``seed``, ``sensitivity_radius``, ``sensitivity_samples``, ``faithfulness_runs``,
+            ``faithfulness_subset``, ``monotonicity_steps``, ``infidelity_samples``,
+            ``infidelity_std``. Any other key raises :class:`ValueError` naming the valid ones
+            (:data:`COMPARISON_KEYS`); ``train.py`` takes all of them in ``--model.comparison``.
     """
 
     def __init__(
@@ -148,57 +170,35 @@ class MethodComparison(nn.Module):
         backbone: FrozenBackbone,
         explainers: Mapping[str, Explainer],
         *,
-        fractions: Sequence[float] = (1.0, 0.5, 0.15),
-        road_fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9),
-        road_order: str = "both",
-        deletion_steps: int = 100,
-        deletion_baseline: str = "blur",
-        batch_size: int = 64,
+        metrics: Iterable[str] | None = None,
         gallery_size: int = 8,
         max_misclassified: int = 8,
-        metrics: Iterable[str] | None = None,
-        pointing_tolerance: float = 15,
-        iou_threshold: float = 0.5,
-        road_noise_std: float = 0.01,
-        seed: int = 0,
-        sensitivity_radius: float = 0.02,
-        sensitivity_samples: int = 10,
         class_names: Sequence[str] | None = None,
         learned_maps: LearnedMaps = "logit",
+        trained_on: Mapping[str, Iterable[str]] | None = None,
+        **options: Any,
     ) -> None:
         super().__init__()
+        self.options = ComparisonOptions.from_mapping(options, OWN_KEYS)
         self.learned_maps = check_learned_maps(learned_maps)
         if not explainers:
             raise ValueError("explainers must name at least one method")
-        selected = tuple(DEFAULT_METRICS if metrics is None else metrics)
-        unknown = sorted(set(selected) - set(ALL_METRICS))
-        if unknown:
-            raise ValueError(f"unknown metrics {unknown}; choose among {', '.join(ALL_METRICS)}")
+        selected = checked_metrics(metrics)
         for name, explainer in explainers.items():
             if not name or "." in name:
                 raise ValueError(f"method names must be non-empty without '.', got {name!r}")
             if not isinstance(explainer, Explainer):
                 raise TypeError(f"method {name!r} is not an Explainer: {type(explainer)}")
+        strangers = sorted(set(trained_on or {}) - set(explainers))
+        if strangers:
+            raise ValueError(f"trained_on names methods that are not compared: {strangers}")
+        self.trained_on = {name: frozenset((trained_on or {}).get(name, ())) for name in explainers}
         names = class_names if class_names is not None else backbone.class_names
         self.examples = ExampleKeeper(gallery_size, max_misclassified, names)
         self.__dict__["backbone"] = backbone  # references only: not part of any state_dict
         self.__dict__["explainers"] = dict(explainers)
         self.specs = tuple(spec for spec in SPECS if spec.name in selected)
         self.metric_names = tuple(spec.name for spec in self.specs)
-        self.options = ComparisonOptions(
-            fractions=tuple(float(p) for p in fractions),
-            road_fractions=tuple(float(p) for p in road_fractions),
-            road_order=road_order,
-            deletion_steps=deletion_steps,
-            deletion_baseline=deletion_baseline,
-            batch_size=batch_size,
-            pointing_tolerance=pointing_tolerance,
-            iou_threshold=iou_threshold,
-            road_noise_std=road_noise_std,
-            seed=seed,
-            sensitivity_radius=sensitivity_radius,
-            sensitivity_samples=sensitivity_samples,
-        )
         self.fractions = self.options.fractions
         self.costs = nn.ModuleDict({name: MethodCost() for name in explainers})
         # Images and located images of the trained-class part (see the module docstring).
@@ -322,9 +322,12 @@ class MethodComparison(nn.Module):
 
         Columns (for the selected metrics): ``ad@<p>``/``ic@<p>`` (percent),
         ``road_morf@<p>``/``road_lerf@<p>`` and their means ``road_morf_mean``/
-        ``road_lerf_mean``, ``deletion_auc``, ``insertion_auc``, ``pointing_game``,
-        ``energy_pointing_game``, ``mask_iou`` (``None`` when no image had a mask) and
-        ``max_sensitivity``. Call it on every process under DDP (it synchronises).
+        ``road_lerf_mean``, ``deletion_auc``, ``deletion_auc_blur``, ``insertion_auc``,
+        ``insertion_auc_black`` (see :func:`~lcam.evaluation.deletion_baselines.auc_columns`),
+        ``pointing_game``, ``energy_pointing_game``, ``mask_iou`` (``None`` when no image had a
+        mask), the opt-in metrics' columns, and last ``trained_on``: the row's columns its
+        method trains on, separated by spaces. Call it on every process under DDP (it
+        synchronises).
         """
         return self.results()["rows"]
 
@@ -336,8 +339,9 @@ class MethodComparison(nn.Module):
         that every method explained for a class it was trained on (see the module docstring);
         their ``images`` count those, their passes and milliseconds are the method's over all
         images, and they are empty unless some but not all images were excluded. ``curves`` is
-        ``{method: {"fractions", "deletion", "insertion"}}`` (lists of floats: the mean
-        deletion/insertion curves over all images).
+        ``{method: {"fractions", "deletion", "insertion", ...}}`` (lists of floats: the mean
+        deletion/insertion curves over all images, one per baseline, named as their columns
+        without ``_auc``).
         """
         rows: list[dict[str, Any]] = []
         trained_rows: list[dict[str, Any]] = []
@@ -367,6 +371,8 @@ class MethodComparison(nn.Module):
                     trained_row.update(row_values(spec, part, trained["located"] > 0))
                     if spec.curves is not None:
                         curves[name] = spec.curves(merged)
+                for entry in (row, trained_row):
+                    entry["trained_on"] = _trained_columns(entry, self.trained_on[name])
                 rows.append(row)
                 trained_rows.append(trained_row)
         images = rows[0]["images"]

@@ -9,7 +9,7 @@ table; no other module spells a metric name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,11 +17,13 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lcam.evaluation.deletion_baselines import DeletionInsertionBaselines
+from lcam.evaluation.options import ComparisonOptions, option_names, unknown_keys_message
+from lcam.evaluation.protocol import check_learned_maps
 from lcam.explainers import Explainer
 from lcam.metrics import (
     ROAD,
     AverageDropIncrease,
-    DeletionInsertion,
     EnergyPointingGame,
     FaithfulnessCorrelation,
     Infidelity,
@@ -36,16 +38,21 @@ from lcam.metrics.common import Model
 
 __all__ = [
     "ALL_METRICS",
+    "COMPARISON_KEYS",
     "COST_COLUMNS",
     "DEFAULT_METRICS",
     "OPT_IN_METRICS",
+    "OWN_KEYS",
     "SPECS",
     "Column",
     "ComparisonOptions",
     "MetricSpec",
     "Scored",
+    "check_comparison_options",
+    "checked_metrics",
     "column_direction",
     "is_headline",
+    "is_metric_column",
     "row_values",
 ]
 
@@ -73,29 +80,6 @@ class Column:
     prefix: str
     better: int
     headline: bool = False
-
-
-@dataclass(frozen=True)
-class ComparisonOptions:
-    """The settings of every metric (see :class:`~lcam.evaluation.MethodComparison`)."""
-
-    fractions: tuple[float, ...] = (1.0, 0.5, 0.15)
-    road_fractions: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
-    road_order: str = "both"
-    deletion_steps: int = 100
-    deletion_baseline: str = "blur"
-    batch_size: int = 64
-    pointing_tolerance: float = 15
-    iou_threshold: float = 0.5
-    road_noise_std: float = 0.01
-    seed: int = 0
-    sensitivity_radius: float = 0.02
-    sensitivity_samples: int = 10
-    faithfulness_runs: int = 100
-    faithfulness_subset: int = 224
-    monotonicity_steps: int = 20
-    infidelity_samples: int = 10
-    infidelity_std: float = 0.1
 
 
 @dataclass
@@ -176,15 +160,6 @@ def _road_values(metric: Metric) -> dict[str, float]:
     return row
 
 
-def _deletion_curves(metric: Metric) -> dict[str, list[float]]:
-    values = metric.compute()
-    return {
-        "fractions": metric.fractions.tolist(),
-        "deletion": values["deletion_curve"].float().cpu().tolist(),
-        "insertion": values["insertion_curve"].float().cpu().tolist(),
-    }
-
-
 def _class_explain_fn(explainer: Explainer) -> Callable[[Tensor, Tensor | None], tuple]:
     """``(images, classes or None) -> (maps, classes explained)`` of ``explainer``."""
 
@@ -227,18 +202,13 @@ SPECS: tuple[MetricSpec, ...] = (
         "deletion_insertion",
         "explained",
         False,
+        # Prefixes: deletion_auc_blur and insertion_auc_black belong to these families.
         (Column("deletion_auc", -1, True), Column("insertion_auc", +1, True)),
-        lambda model, _, o: DeletionInsertion(
-            model,
-            steps=o.deletion_steps,
-            batch_size=o.batch_size,
-            baseline=o.deletion_baseline,
-            return_curves=True,
+        lambda model, _, o: DeletionInsertionBaselines(
+            model, o.deletion_baselines, steps=o.deletion_steps, batch_size=o.batch_size
         ),
-        lambda metric: {
-            key: float(value) for key, value in metric.compute().items() if key.endswith("_auc")
-        },
-        _deletion_curves,
+        lambda metric: _floats(metric.compute()),
+        lambda metric: metric.curves(),
     ),
     MetricSpec(
         "pointing_game",
@@ -315,7 +285,7 @@ SPECS: tuple[MetricSpec, ...] = (
     ),
     MetricSpec(
         "random_logit",
-        "explainer",
+        "explained",
         False,
         (Column("random_logit", -1),),
         lambda _, explainer, o: RandomLogit(
@@ -345,6 +315,39 @@ forwards per image; sparseness is cheap but joins the Quantus-style family."""
 DEFAULT_METRICS: tuple[str, ...] = tuple(m for m in ALL_METRICS if m not in OPT_IN_METRICS)
 """The default selection: every metric not in :data:`OPT_IN_METRICS`."""
 
+OWN_KEYS: tuple[str, ...] = (
+    "metrics",
+    "gallery_size",
+    "max_misclassified",
+    "class_names",
+    "learned_maps",
+)
+"""The comparison's own keyword arguments (the others are :class:`ComparisonOptions`)."""
+
+COMPARISON_KEYS: tuple[str, ...] = (*OWN_KEYS, *option_names())
+"""Every key ``--model.comparison`` (``MethodComparison``'s keyword arguments) accepts."""
+
+
+def checked_metrics(metrics: Iterable[str] | None) -> tuple[str, ...]:
+    """The selected metric names (default :data:`DEFAULT_METRICS`), all known."""
+    selected = tuple(DEFAULT_METRICS if metrics is None else metrics)
+    unknown = sorted(set(selected) - set(ALL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose among {', '.join(ALL_METRICS)}")
+    return selected
+
+
+def check_comparison_options(options: Mapping[str, Any]) -> None:
+    """Raise :class:`ValueError` for an unknown key (naming every valid one), an unknown metric
+    or an invalid metric setting of ``options``, before any model or data is touched."""
+    message = unknown_keys_message(options, COMPARISON_KEYS)
+    if message:
+        raise ValueError(message)
+    checked_metrics(options.get("metrics"))
+    check_learned_maps(options.get("learned_maps", "logit"))
+    ComparisonOptions.from_mapping(options, OWN_KEYS)
+
+
 COST_COLUMNS: tuple[Column, ...] = (
     Column("images", 0),
     Column("forward_passes", -1, True),
@@ -365,6 +368,11 @@ def column_direction(name: str) -> int:
     """``-1`` lower is better, ``+1`` higher is better, ``0`` unknown or neither."""
     column = _column(name)
     return column.better if column is not None else 0
+
+
+def is_metric_column(name: str) -> bool:
+    """Whether column ``name`` holds a metric's value (not the method, a count or a cost)."""
+    return any(name.startswith(c.prefix) for spec in SPECS for c in spec.columns)
 
 
 def is_headline(name: str) -> bool:

@@ -38,7 +38,8 @@ class DeletionInsertion(Metric):
     upsampled to ``H x W``), the pixels are ranked most relevant first (stable sort, ties by flat
     index). With ``n_s = ceil(s * H * W / steps)`` pixels changed at step ``s = 0..steps``:
 
-    - deletion: ``x_s`` = ``x`` with its top ``n_s`` pixels set to black (0);
+    - deletion: ``x_s`` = ``x`` with its top ``n_s`` pixels set to black (0), or to those of the
+      blurred ``x`` (``deletion_baseline="blur"``);
     - insertion: ``x_s`` = the baseline (``x`` blurred, or black) with its top ``n_s`` pixels
       taken from ``x``.
 
@@ -53,7 +54,9 @@ class DeletionInsertion(Metric):
         steps: number of steps ``S`` (the curves have ``S + 1`` points).
         batch_size: maximum number of images per forward pass.
         baseline: start image of insertion: ``"blur"`` (the RISE paper: Gaussian blur of ``x``)
-            or ``"black"``. Deletion always removes to black.
+            or ``"black"``.
+        deletion_baseline: what deleted pixels become: ``"black"`` (the RISE paper) or ``"blur"``
+            (the same Gaussian blur of ``x``).
         blur_kernel_size, blur_sigma: the Gaussian blur (default 11 and 5 pixels as in RISE;
             reflect padding at the borders).
         return_curves: also return the mean curves under ``"deletion_curve"`` and
@@ -83,6 +86,7 @@ class DeletionInsertion(Metric):
         blur_kernel_size: int = 11,
         blur_sigma: float = 5.0,
         return_curves: bool = False,
+        deletion_baseline: str = "black",
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
@@ -90,12 +94,17 @@ class DeletionInsertion(Metric):
             raise ValueError(f"steps must be >= 1, got {steps}")
         if baseline not in ("blur", "black"):
             raise ValueError(f"baseline must be 'blur' or 'black', got {baseline!r}")
+        if deletion_baseline not in ("blur", "black"):
+            raise ValueError(
+                f"deletion_baseline must be 'blur' or 'black', got {deletion_baseline!r}"
+            )
         if blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
             raise ValueError(f"blur_kernel_size must be odd and positive, got {blur_kernel_size}")
         self.__dict__["model"] = model  # a reference only: not part of the metric's state_dict
         self.steps = steps
         self.batch_size = checked_batch_size(batch_size)
         self.baseline = baseline
+        self.deletion_baseline = deletion_baseline
         self.blur_kernel_size = blur_kernel_size
         self.blur_sigma = float(blur_sigma)
         self.return_curves = return_curves
@@ -110,7 +119,11 @@ class DeletionInsertion(Metric):
 
     def insertion_start(self, images: Tensor) -> Tensor:
         """The insertion baseline of ``(B, 3, H, W)`` images (blurred or black), same shape."""
-        if self.baseline == "black":
+        return self._baseline_images(images, self.baseline)
+
+    def _baseline_images(self, images: Tensor, kind: str) -> Tensor:
+        """``(B, 3, H, W)`` black images or the Gaussian blur of ``images``."""
+        if kind == "black":
             return torch.zeros_like(images)
         return gaussian_blur(images, [self.blur_kernel_size] * 2, [self.blur_sigma] * 2)
 
@@ -130,15 +143,16 @@ class DeletionInsertion(Metric):
         changed = (torch.arange(points, device=device) * height * width + self.steps - 1) // (
             self.steps
         )
-        black = torch.zeros((), dtype=images.dtype, device=device)
         start = self.insertion_start(images)
+        same = self.deletion_baseline == self.baseline
+        removed = start if same else self._baseline_images(images, self.deletion_baseline)
 
         def class_probability(logits: Tensor, index: Tensor) -> Tensor:
             return logits.softmax(dim=1).gather(1, classes[index % batch, None])[:, 0]
 
         def deleted(index: Tensor) -> Tensor:  # index = step * B + image
             top = ranks[index % batch] < changed[index // batch].view(-1, 1, 1, 1)
-            return torch.where(top, black, images[index % batch])
+            return torch.where(top, removed[index % batch], images[index % batch])
 
         def inserted(index: Tensor) -> Tensor:
             top = ranks[index % batch] < changed[index // batch].view(-1, 1, 1, 1)

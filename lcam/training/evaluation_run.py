@@ -22,6 +22,7 @@ from lcam.evaluation import (
     MethodComparison,
     UnitAlignment,
     alignment_rows,
+    check_comparison_options,
     log_to_wandb,
     model_randomisation,
     write_report,
@@ -66,6 +67,8 @@ class TestTimeEvaluation:
         self.methods = list(methods or [])
         self.method_options = dict(method_options or {})
         self.comparison_options = dict(comparison or {})
+        # A misspelled key fails when train.py builds the module, not after fit at test time.
+        check_comparison_options(self.comparison_options)
         self.sanity_images = sanity_images
         self.sanity_methods = sanity_methods
         self.unit_alignment = unit_alignment
@@ -86,14 +89,20 @@ class TestTimeEvaluation:
             for name in self.methods
         }
 
-    def start(self, head: LearnedExplainer, device: torch.device) -> None:
-        """Build the comparison (nothing when no ``methods`` are named)."""
+    def start(
+        self, head: LearnedExplainer, device: torch.device, trained_on: frozenset[str] = frozenset()
+    ) -> None:
+        """Build the comparison (nothing when no ``methods`` are named); ``trained_on``: the
+        columns the head's objective trains on, marked in the ``lcam`` row."""
         self.comparison, self.units, self.sanity_batches = None, None, []
         if not self.methods:
             return
         backbone = head.backbone
         methods = self.compared_methods(head)
-        self.comparison = MethodComparison(backbone, methods, **self.comparison_options).to(device)
+        marks = {"lcam": trained_on} if "lcam" in methods else {}
+        self.comparison = MethodComparison(
+            backbone, methods, trained_on=marks, **self.comparison_options
+        ).to(device)
         if self.unit_alignment:
             self.units = UnitAlignment(backbone.feature_channels, backbone.num_classes).to(device)
 

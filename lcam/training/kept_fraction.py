@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from lcam.backbone import FrozenBackbone
 from lcam.maps import normalise_maps, upsample_maps
-from lcam.metrics.common import checked_fractions, keep_count
+from lcam.metrics.common import checked_fractions, fraction_key, keep_count
 
 __all__ = ["KeptFractionLoss", "relaxed_keep_masks"]
 
@@ -93,6 +93,24 @@ class KeptFractionLoss(nn.Module):
             )
         self.fractions = checked_fractions(fractions)
         self.temperature = float(temperature)
+
+    @property
+    def trained_on(self) -> frozenset[str]:
+        """The comparison columns this term optimises: ``ad@<p>`` and ``ic@<p>`` at each of its
+        fractions (named as :class:`~lcam.metrics.AverageDropIncrease` names them).
+
+        Both: the term is the cross-entropy of the class on the image kept by the map's top
+        ``p``, the protocol's own masks with a soft edge, and AD (the drop of the class's
+        probability on that image) and IC (its increase) score that probability. ROAD LeRF at
+        ``1 - p`` removes the same pixels but imputes them from their neighbours and keeps the
+        others at full value; deletion/insertion change every fraction at full value: those are
+        other perturbations, not counted here.
+        """
+        return frozenset(
+            f"{kind}@{fraction_key(fraction)}"
+            for fraction in self.fractions
+            for kind in ("ad", "ic")
+        )
 
     def forward(
         self, maps: Tensor, images: Tensor, targets: Tensor, backbone: FrozenBackbone

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lcam.metrics.common import fraction_key
+
 __all__ = ["LCAMLoss", "MapSelection", "area_loss", "select_maps", "total_variation_loss"]
 
 MapSelection = Literal["batch", "own"]
@@ -93,6 +95,28 @@ class LCAMLoss(nn.Module):
         self.ce_weight, self.area_weight, self.tv_weight = ce_weight, area_weight, tv_weight
         self.area_exponent, self.border_weight = area_exponent, border_weight
         self.selection = selection
+
+    def trained_on(self, masks_image: bool) -> frozenset[str]:
+        """The comparison columns this loss optimises, given whether the head's training forward
+        masks the image (``masks_image``: L-CAM-Img and TAME) or the features (L-CAM-Fm).
+
+        - The cross-entropy term (``ce_weight > 0``) on an image masked by the upsampled map is
+          AD/IC at 100 % in all but name: both ask how much of the class's probability survives
+          the image multiplied by the whole map (the metric's map is min-max normalised, the
+          loss's a sigmoid; the same pixels carry the same order of weight), so ``ad@100`` and
+          ``ic@100``. Masking the features at the target layer (L-CAM-Fm) shows the network no
+          masked image: every layer before the target still sees every pixel, and no column
+          perturbs features, so nothing.
+        - The area term (``area_weight > 0``) is a concave power ``(A + 0.0005) ** 0.3`` of the
+          map: a sparsity penalty, which the ``sparseness`` column (Gini index) scores.
+        - The total-variation term smooths the map; no column scores smoothness.
+        """
+        columns: set[str] = set()
+        if self.ce_weight > 0 and masks_image:
+            columns |= {f"ad@{fraction_key(1.0)}", f"ic@{fraction_key(1.0)}"}
+        if self.area_weight > 0:
+            columns.add("sparseness")
+        return frozenset(columns)
 
     def forward(
         self,

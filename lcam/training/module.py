@@ -33,6 +33,7 @@ from lcam.training.losses import LCAMLoss, MapSelection
 from lcam.training.masked_response import MaskedResponseLoss
 from lcam.training.overlays import log_overlay_grid, overlay_grid, overlay_path
 from lcam.training.recipe import configure_head_optimizer, paper_optimizer, paper_scheduler
+from lcam.training.trained_on import objective_columns
 from lcam.training.validation import ValidationFaithfulness
 
 __all__ = ["LCAMModule", "paper_optimizer", "paper_scheduler"]
@@ -85,7 +86,9 @@ class LCAMModule(LightningModule):
             registered name (``gradcam``, ``rise``, ``lime``, ...). Empty: no comparison.
         method_options: ``{name: {option: value}}`` for the compared explainers.
         comparison: keyword options of :class:`lcam.evaluation.MethodComparison` (``metrics``,
-            ``fractions``, ``deletion_steps``, ``gallery_size``, ...).
+            ``gallery_size``, ``learned_maps`` and every metric setting: ``fractions``,
+            ``deletion_steps``, ``deletion_baselines``, ``faithfulness_runs``, ...); an
+            unknown key fails here, naming the valid ones.
         sanity_images: test images kept for the model-randomisation sanity check (0: off).
         sanity_methods: methods the sanity check re-runs on every randomised model (default:
             the compared methods that cost at most one forward pass per image).
@@ -220,6 +223,14 @@ class LCAMModule(LightningModule):
         """The frozen classifier."""
         return self.explainer.backbone
 
+    @property
+    def trained_on(self) -> frozenset[str]:
+        """The comparison columns this head's objective trains on, from its loss settings
+        (:mod:`lcam.training.trained_on`); the comparison marks them in the ``lcam`` row."""
+        masked_response = self.masked_response is not None
+        head = self.explainer.head
+        return objective_columns(head, self.criterion, self.kept_fraction, masked_response)
+
     def setup(self, stage: str) -> None:
         """Take class names from the datamodule when the backbone's weights carry none."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
@@ -311,7 +322,7 @@ class LCAMModule(LightningModule):
 
     def on_test_start(self) -> None:
         """Build the method comparison for ``test`` runs that name ``methods``."""
-        self.evaluation.start(self.explainer, self.device)
+        self.evaluation.start(self.explainer, self.device, self.trained_on)
 
     def on_test_epoch_end(self) -> None:
         """Compute the comparison on every rank, then write the report and log the table."""

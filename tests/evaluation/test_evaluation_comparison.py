@@ -153,10 +153,13 @@ def test_rows_have_every_column_and_the_explainers_pass_counts(backbone, head) -
         "road_morf_mean",
         "road_lerf_mean",
         "deletion_auc",
+        "deletion_auc_blur",
         "insertion_auc",
+        "insertion_auc_black",
         "pointing_game",
         "energy_pointing_game",
         "mask_iou",
+        "trained_on",
     }
     for row in rows:
         assert set(row) == expected
@@ -168,13 +171,21 @@ def test_rows_have_every_column_and_the_explainers_pass_counts(backbone, head) -
     for name, explainer in methods.items():
         assert passes[name] == (explainer.forward_passes, explainer.backward_passes)
 
-    # Mean curves: step 0 of deletion and the last step of insertion are the clean image.
+    # Mean curves of both baselines: step 0 of deletion and the last step of insertion are the
+    # clean image; deletion ends on the baseline, insertion starts from it, and the baselines
+    # differ (black is not the blurred image).
     clean = backbone(batch["image"]).softmax(1).amax(1).mean().item()
     for name in methods:
         curve = results["curves"][name]
         assert len(curve["fractions"]) == len(curve["deletion"]) == 5
-        assert curve["deletion"][0] == pytest.approx(clean, abs=1e-5)
-        assert curve["insertion"][-1] == pytest.approx(clean, abs=1e-5)
+        for kind in ("deletion", "deletion_blur"):
+            assert curve[kind][0] == pytest.approx(clean, abs=1e-5)
+        for kind in ("insertion", "insertion_black"):
+            assert curve[kind][-1] == pytest.approx(clean, abs=1e-5)
+        assert curve["deletion_blur"][-1] == pytest.approx(curve["insertion"][0], abs=1e-5)
+        assert curve["deletion"][-1] == pytest.approx(curve["insertion_black"][0], abs=1e-5)
+        assert curve["deletion"][-1] != pytest.approx(curve["deletion_blur"][-1], abs=1e-3)
+    assert all(row["trained_on"] == "" for row in rows)  # none was given a training objective
 
     # Gallery: every image with every method's overlay, equal to the explainer's own map.
     gallery = results["gallery"]
@@ -394,6 +405,6 @@ def test_states_reduce_by_sums_as_under_ddp(backbone) -> None:
     merged, expected = parts[0].compute()[0], whole.compute()[0]
     assert merged.keys() == expected.keys()
     for key, value in expected.items():
-        if key not in ("method", "ms_per_image"):
+        if key not in ("method", "ms_per_image", "trained_on"):
             # float32 sums in a different order (and batch-dependent conv numerics): ~3e-7 relative
             assert merged[key] == pytest.approx(value, rel=1e-6, abs=1e-5), key

@@ -133,8 +133,11 @@ def test_report_is_self_contained_with_every_section(results, tmp_path) -> None:
     assert parser.rows["gallery"] == 2 and parser.rows["misclassified"] == 1
     assert parser.rows["unit-alignment"] == 5
     assert parser.rows["sanity"] == 4  # (mode, step) pairs, methods as columns
-    # Deletion and insertion charts with one curve per method, sanity charts with two.
-    assert parser.svgs == 4 and parser.polylines == [3, 3, 2, 2]
+    # Deletion and insertion charts (black and blurred baselines) with one curve per method,
+    # sanity charts with two.
+    assert parser.svgs == 6 and parser.polylines == [3, 3, 3, 3, 2, 2]
+    for title in ("Deletion, black baseline", "Deletion, blur baseline", "Insertion, blur"):
+        assert title in page
     for method in ("lcam", "gradcam", "cam"):
         assert method in page
 
@@ -277,7 +280,9 @@ def test_headline_table_first_and_every_column_folded_below(results, tmp_path) -
         "ms_per_image",
         *(f"{kind}@{p}" for p in ("100", "50", "15") for kind in ("ad", "ic")),
         "deletion_auc",
+        "deletion_auc_blur",
         "insertion_auc",
+        "insertion_auc_black",
         "pointing_game",
         "energy_pointing_game",
     ]
@@ -285,7 +290,9 @@ def test_headline_table_first_and_every_column_folded_below(results, tmp_path) -
     assert not parser.folded["metrics"]
     with paths["csv"].open(encoding="utf-8") as handle:
         csv_columns = next(csv.reader(handle))
-    assert parser.headers["metrics-all"] == csv_columns
+    # The page shows the trained_on column as marks on the values instead.
+    assert parser.headers["metrics-all"] == [c for c in csv_columns if c != "trained_on"]
+    assert "trained_on" in csv_columns
     assert {"road_morf@10", "mask_iou", "images", "max_sensitivity"} <= set(csv_columns)
     assert parser.folded["metrics-all"]
     assert parser.order.index("metrics") < parser.order.index("metrics-all")

@@ -18,7 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lcam.evaluation.report.tables import Rows, column_order, format_value, is_number
+from lcam.evaluation.report.tables import (
+    TRAINED_MARK,
+    Rows,
+    cell_text,
+    column_groups,
+    column_order,
+    is_number,
+    trained_set,
+)
 from lcam.evaluation.specs import column_direction
 
 __all__ = ["describe", "figure", "html_table", "note", "page", "png_data_uri"]
@@ -32,6 +40,7 @@ table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: right; vertical-align: top; }
 th { background: #f0f0f0; } td.name, th.name { text-align: left; }
 td.best { font-weight: bold; background: #e8f4e8; }
+td.trained { color: #865; } th.group { text-align: center; background: #e4e4ec; }
 .note { color: #555; font-size: .85em; }
 .wide { max-width: 100%; overflow-x: auto; }
 details { margin: .5em 0; } summary { cursor: pointer; color: #245; }
@@ -97,18 +106,34 @@ def html_table(
     mark_best: bool = False,
     name_columns: int = 1,
     table_id: str = "",
+    grouped: bool = False,
 ) -> str:
     """A ``<table>`` of ``columns`` (default: every column) of ``rows``.
 
     With ``mark_best``, headers get the better direction's arrow and the best value of each
     column is bold (:func:`lcam.evaluation.specs.column_direction`). The first
-    ``name_columns`` columns are left-aligned names.
+    ``name_columns`` columns are left-aligned names. A value whose column the row's method
+    trains on (its ``trained_on``) ends in the trained mark (``*``). With ``grouped``, the
+    columns are reordered into :func:`~lcam.evaluation.report.tables.column_groups` and, when
+    some row trains on some column, a first header row names the groups.
     """
     if not rows:
         return note("No rows.")
     columns = list(columns) if columns is not None else column_order(rows)
+    groups = column_groups(rows, columns) if grouped else [("", columns)]
+    columns = [column for _, members in groups for column in members]
     best = _best_values(rows, columns) if mark_best else {}
     name_class = ' class="name"'
+    group_row = ""
+    if len(groups) > 1:
+        group_row = (
+            "<tr>"
+            + "".join(
+                f'<th class="group" colspan="{len(members)}">{html.escape(name)}</th>'
+                for name, members in groups
+            )
+            + "</tr>"
+        )
     head = "".join(
         f"<th{name_class if index < name_columns else ''}>{_breakable(column)}"
         f"{_ARROWS[column_direction(column)] if mark_best else ''}</th>"
@@ -122,12 +147,15 @@ def html_table(
             classes = ["name"] if index < name_columns else []
             if column in best and is_number(value) and float(value) == best[column]:
                 classes.append("best")
+            text = cell_text(row, column)
+            if column in trained_set(row) and text.endswith(TRAINED_MARK):
+                classes.append("trained")
             attribute = f' class="{" ".join(classes)}"' if classes else ""
-            cells.append(f"<td{attribute}>{html.escape(format_value(value))}</td>")
+            cells.append(f"<td{attribute}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     identifier = f' id="{html.escape(table_id)}"' if table_id else ""
     return (
-        f"<table{identifier}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n"
+        f"<table{identifier}>\n<thead>{group_row}<tr>{head}</tr></thead>\n<tbody>\n"
         + "\n".join(body)
         + "\n</tbody>\n</table>"
     )

@@ -7,9 +7,17 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lcam.evaluation.deletion_baselines import auc_columns
+from lcam.evaluation.options import DELETION_BASELINES
 from lcam.evaluation.report.html import describe, figure, html_table, note
 from lcam.evaluation.report.svg import line_chart, trapezoid
-from lcam.evaluation.report.tables import Rows, column_order
+from lcam.evaluation.report.tables import (
+    TRAINED_LEGEND,
+    TRAINED_ON,
+    Rows,
+    column_order,
+    trained_set,
+)
 from lcam.evaluation.specs import is_headline
 
 __all__ = [
@@ -25,36 +33,48 @@ __all__ = [
 def metrics_section(rows: Rows, table_id: str = "metrics") -> str:
     """The headline table (``id=table_id``: method, passes, time, AD/IC, in-mask energy,
     pointing game, deletion/insertion AUC), then every column of the rows in a folded
-    ``<details>`` (``id=table_id + "-all"``)."""
-    columns = column_order(rows)
+    ``<details>`` (``id=table_id + "-all"``). Both group the metric columns a row's method
+    trains on apart from the independent ones and mark its values; a legend follows when some
+    row trains on some column."""
+    columns = [column for column in column_order(rows) if column != TRAINED_ON]
     headline = [column for column in columns if is_headline(column)]
+    trained = any(trained_set(row) & set(columns) for row in rows)
     return (
-        html_table(rows, headline, mark_best=True, table_id=table_id)
+        html_table(rows, headline, mark_best=True, table_id=table_id, grouped=True)
+        + (note(html.escape(TRAINED_LEGEND)) if trained else "")
         + f"\n<details><summary>All {len(columns)} columns (per-threshold ROAD, mask IoU, "
         'image count, ...)</summary>\n<div class="wide">'
-        + html_table(rows, columns, mark_best=True, table_id=f"{table_id}-all")
+        + html_table(rows, columns, mark_best=True, table_id=f"{table_id}-all", grouped=True)
         + "</div></details>"
     )
 
 
 def curves_section(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> str:
+    """One chart per deletion/insertion curve and baseline present in ``curves``
+    (``{method: {"fractions", "deletion", "deletion_blur", "insertion", ...}}``)."""
     if not curves:
         return note("No deletion/insertion curves (metric not selected).")
     charts = []
-    for kind, better in (("deletion", "lower is better"), ("insertion", "higher is better")):
-        series = {}
-        for method, curve in curves.items():
-            xs, ys = list(curve["fractions"]), list(curve[kind])
-            series[f"{method} (AUC {trapezoid(xs, ys):.3f})"] = (xs, ys)
-        charts.append(
-            line_chart(
-                f"{kind.capitalize()} ({better})",
-                series,
-                x_label="share of pixels " + ("removed" if kind == "deletion" else "inserted"),
-                y_label="probability of the class",
-                y_range=(0.0, 1.0),
+    for curve, better in (("deletion", "lower is better"), ("insertion", "higher is better")):
+        for baseline in DELETION_BASELINES:
+            kind = auc_columns(baseline)[curve].replace("_auc", "")
+            series = {}
+            for method, values in curves.items():
+                if kind in values:
+                    xs, ys = list(values["fractions"]), list(values[kind])
+                    series[f"{method} (AUC {trapezoid(xs, ys):.3f})"] = (xs, ys)
+            if not series:
+                continue
+            moved = "removed to" if curve == "deletion" else "inserted into"
+            charts.append(
+                line_chart(
+                    f"{curve.capitalize()}, {baseline} baseline ({better})",
+                    series,
+                    x_label=f"share of pixels {moved} the {baseline} image",
+                    y_label="probability of the class",
+                    y_range=(0.0, 1.0),
+                )
             )
-        )
     return '<div class="charts">' + "".join(charts) + "</div>"
 
 

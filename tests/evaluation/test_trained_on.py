@@ -47,8 +47,9 @@ def _images(count: int = 4) -> torch.Tensor:
 
 
 def _rows(module: LCAMModule, images: torch.Tensor) -> dict[str, dict]:
-    """The comparison rows of a ``test`` run's evaluation, by method."""
-    module.evaluation.start(module.explainer, torch.device("cpu"), module.trained_on)
+    """The comparison rows of a ``test`` run's evaluation (built by the module's own test-start
+    hook, as ``train.py test`` does), by method."""
+    module.on_test_start()
     module.evaluation.comparison.update(images)
     return {row["method"]: row for row in module.evaluation.comparison.results()["rows"]}
 

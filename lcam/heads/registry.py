@@ -6,6 +6,7 @@ from lcam.backbone import FrozenBackbone
 from lcam.heads.base import LCAMHead
 from lcam.heads.conv import LCAMFmHead, LCAMImgHead
 from lcam.heads.tame import SharedTAMEHead, TAMEHead
+from lcam.heads.tame_lite import LiteTAMEHead
 
 __all__ = ["HEADS", "build_head"]
 
@@ -14,14 +15,15 @@ HEADS: dict[str, type[LCAMHead]] = {
     "lcam_img": LCAMImgHead,
     "tame": TAMEHead,
     "tame_shared": SharedTAMEHead,
+    "tame_lite": LiteTAMEHead,
 }
 
 
 def build_head(name: str, backbone: FrozenBackbone) -> LCAMHead:
     """Instantiate the head registered as ``name``, sized for ``backbone``.
 
-    A multi-layer head (``tame``, ``tame_shared``) given a single-layer backbone switches the
-    backbone to its default layers (the last three stages, see
+    A multi-layer head (``tame``, ``tame_shared``, ``tame_lite``) given a single-layer backbone
+    switches the backbone to its default layers (the last three stages, see
     :meth:`FrozenBackbone.default_layers`).
     """
     if name not in HEADS:

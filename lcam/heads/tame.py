@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from lcam.backbone import BackboneOutput, FrozenBackbone, default_layers
 from lcam.heads.conv import LCAMImgHead
+from lcam.heads.fold import FoldCache, can_fold, norm_affine
 from lcam.heads.norm import GlobalBatchNorm2d
 
 __all__ = ["SharedTAMEHead", "TAMEHead", "default_tame_layers"]
@@ -71,17 +72,38 @@ class _Branch(nn.Module):
     still drawn at construction and then dropped, so a seeded head starts from the same weights
     as before; a checkpoint that holds ``conv.bias`` loads exactly, its bias folded into
     ``norm.running_mean`` (eval mode computes ``conv(F) + b - running_mean``).
+
+    In eval mode BN is affine, ``BN(x) = x * s + t``, and the whole branch is one convolution:
+    ``ReLU((diag(s) W + I) F + t)`` (:mod:`lcam.heads.fold`), which saves BN's and the residual
+    sum's passes over the features (the same function, to float rounding).
     """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
+        self.channels = channels
         self.conv = nn.Conv2d(channels, channels, kernel_size=1)
         self.conv.register_parameter("bias", None)
         self.norm = GlobalBatchNorm2d(channels)
         self.register_load_state_dict_pre_hook(_fold_conv_bias)
+        self._folded: FoldCache[tuple[Tensor, Tensor]] = FoldCache()
 
     def forward(self, features: Tensor) -> Tensor:
-        return F.relu(self.norm(self.conv(features)) + features)
+        if not can_fold(self.norm):
+            return F.relu(self.norm(self.conv(features)) + features)
+        weight, bias = self._folded.get(
+            [*self.conv.parameters(), *self.norm.parameters(), *self.norm.buffers()], self.folded
+        )
+        return F.conv2d(features, weight.to(features.dtype), bias.to(features.dtype)).relu_()
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """The eval-mode branch as one 1x1 convolution: weight ``(C, C, 1, 1)``, bias ``(C,)``
+        (a conv bias, which only a hand-built old-layout branch has, is folded in too)."""
+        scale, shift = norm_affine(self.norm)
+        if self.conv.bias is not None:
+            shift = shift + self.conv.bias * scale
+        weight = self.conv.weight.flatten(1) * scale[:, None]
+        eye = torch.eye(self.channels, dtype=weight.dtype, device=weight.device)
+        return (weight + eye)[:, :, None, None], shift
 
 
 def _fold_conv_bias(
@@ -169,7 +191,7 @@ class TAMEHead(LCAMImgHead):
         """``bias + sum_i up(mix(G_i, rows_i))`` at the finest branch's resolution, where
         ``rows`` ``(..., sum C_i)`` are fuse-weight rows, split into each branch's ``C_i``."""
         size = max((layer.shape[-2:] for layer in layers), key=lambda s: s[0] * s[1])
-        parts = rows.split([branch.conv.in_channels for branch in self.branches], dim=-1)
+        parts = rows.split([branch.channels for branch in self.branches], dim=-1)
         maps = bias
         for branch, layer, part in zip(self.branches, layers, parts, strict=True):
             features = branch(layer)

@@ -8,6 +8,10 @@ Three tiny TinyResNets with the same weights (non-trivial BatchNorm statistics):
   cannot trace, so the backbone runs through the hook fallback (every tail re-runs the whole
   network).
 
+Explainers that read every layer of the network, not only the target layer (FullGrad), also run
+on a two-block token transformer (:class:`TinyTokenNet`, class token + 4 x 4 patch tokens), split
+by torch.fx (``tokens``) and through the hook fallback (``tokens_fallback``): :data:`TOKEN_CASES`.
+
 :class:`PassHooks` counts passes independently of the library: images reaching the network's
 first layer (``stem.0``) and its classifier (``fc``), and gradient batches arriving at either.
 """
@@ -29,6 +33,7 @@ from lcam.models import TinyResNet
 
 SIZE, BATCH, CLASSES = 32, 2, 5
 MODELS = ("fx", "fx_inplace", "fallback")
+TOKEN_CASES = [("fullgrad", "tokens"), ("fullgrad", "tokens_fallback")]
 # Explainers that need something a model kind does not give, with the error they must raise.
 REFUSED = {("cam", "fallback"): "torch.fx"}
 
@@ -61,8 +66,65 @@ class UntraceableResNet(TinyResNet):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class TokenBlock(nn.Module):
+    """A pre-norm transformer block: one-head softmax attention and a GELU MLP."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        attention = (q @ k.transpose(1, 2) / q.shape[-1] ** 0.5).softmax(dim=-1)
+        x = x + self.proj(attention @ v)
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyTokenNet(nn.Module):
+    """A ViT in miniature with the contract's layer names: patch embedding ``stem.0``, a class
+    token, two blocks, a final norm and the classifier ``fc`` on the class token."""
+
+    def __init__(self, untraceable: bool = False, dim: int = 16, patch: int = SIZE // 4) -> None:
+        super().__init__()
+        self.untraceable = untraceable
+        self.stem = nn.Sequential(nn.Conv2d(3, dim, patch, stride=patch))
+        self.cls_token = nn.Parameter(0.5 * torch.randn(1, 1, dim))
+        self.blocks = nn.Sequential(TokenBlock(dim), TokenBlock(dim))
+        self.norm, self.fc = nn.LayerNorm(dim), nn.Linear(dim, CLASSES)
+        with torch.no_grad():  # layer norms that add a bias (fresh ones add none)
+            for module in self.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if not self.untraceable or x.abs().sum() >= 0:  # always true; fx cannot know it
+            x = self.norm(self.blocks(x))
+        return self.fc(x[:, 0])
+
+
+def token_backbone(kind: str) -> FrozenBackbone:
+    """``tokens`` (fx split) or ``tokens_fallback`` (hook fallback), same weights for both."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = TinyTokenNet(untraceable=kind == "tokens_fallback")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "torch.fx cannot trace", RuntimeWarning)
+        built = FrozenBackbone(
+            model, input_size=SIZE, target_layer="blocks.1", layout="tokens",
+            num_prefix_tokens=1, grid=(4, 4),
+        )  # fmt: skip
+    assert built.uses_fallback == (kind == "tokens_fallback")
+    return built
+
+
 def backbone(kind: str) -> FrozenBackbone:
     """A tiny backbone of the given kind (see the module docstring), same weights for all."""
+    if kind.startswith("tokens"):
+        return token_backbone(kind)
     reference = tiny_backbone(num_classes=CLASSES, input_size=SIZE).model
     if kind == "fx":
         return FrozenBackbone(reference, input_size=SIZE)
@@ -91,7 +153,7 @@ def names() -> list[str]:
 
 
 def cases() -> list[tuple[str, str]]:
-    return [(name, kind) for name in names() for kind in MODELS]
+    return [(name, kind) for name in names() for kind in MODELS] + TOKEN_CASES
 
 
 class PassHooks:

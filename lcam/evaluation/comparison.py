@@ -109,19 +109,22 @@ class MethodComparison(nn.Module):
       it shows, e.g. the sigmoid attention); other methods on their raw maps (the protocol
       min-max normalises, then upsamples).
     - ``road``: :class:`~lcam.metrics.ROAD` (MoRF and LeRF at ``road_fractions``).
-    - ``deletion_insertion``: :class:`~lcam.metrics.DeletionInsertion` AUCs and mean curves.
+    - ``deletion_insertion``: deletion and insertion AUCs and mean curves with the black and
+      the blurred baseline
+      (:class:`~lcam.evaluation.deletion_baselines.DeletionInsertionBaselines`).
+    - ``sparseness``: :class:`~lcam.metrics.Sparseness` (higher better; no forward).
     - ``pointing_game``, ``energy_pointing_game``, ``mask_iou``: when the batch has object masks
       (or boxes, rasterised to masks).
     - ``max_sensitivity``: :class:`~lcam.metrics.MaxSensitivity` (off by default: it explains
       every image ``sensitivity_samples`` more times).
     - ``faithfulness_correlation`` (higher better), ``monotonicity`` (higher), ``infidelity``
-      (lower), ``sparseness`` (higher), ``random_logit`` (lower): the Quantus-style metrics
+      (lower), ``random_logit`` (lower): the other Quantus-style metrics
       (:data:`~lcam.evaluation.specs.OPT_IN_METRICS`, off by default).
 
     Cost of the default metrics, in forwards of the classifier per image and method, on top of
     the explanation: deletion/insertion ``2 * (deletion_steps + 1)`` per baseline (404 with the
     default 100 steps and both baselines), ROAD one per removed fraction and order (14), AD/IC
-    one per fraction plus the clean image (4); the localisation metrics none (measured by
+    one per fraction plus the clean image (4); localisation and sparseness none (measured by
     ``tests/evaluation/test_trained_on.py``). Halving ``deletion_steps`` or keeping one baseline
     halves the largest part.
 

@@ -304,13 +304,12 @@ OPT_IN_METRICS: tuple[str, ...] = (
     "faithfulness_correlation",
     "monotonicity",
     "infidelity",
-    "sparseness",
     "random_logit",
 )
 """Metrics computed only when asked for: max-sensitivity and random logit explain every image
 again (``sensitivity_samples`` times, once), faithfulness correlation, monotonicity and
 infidelity run ``faithfulness_runs``, ``monotonicity_steps`` and ``infidelity_samples`` more
-forwards per image; sparseness is cheap but joins the Quantus-style family."""
+forwards per image. Sparseness needs no forward at all, so it is on by default."""
 
 DEFAULT_METRICS: tuple[str, ...] = tuple(m for m in ALL_METRICS if m not in OPT_IN_METRICS)
 """The default selection: every metric not in :data:`OPT_IN_METRICS`."""

@@ -159,6 +159,7 @@ def test_rows_have_every_column_and_the_explainers_pass_counts(backbone, head) -
         "pointing_game",
         "energy_pointing_game",
         "mask_iou",
+        "sparseness",
         "trained_on",
     }
     for row in rows:

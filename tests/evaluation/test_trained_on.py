@@ -80,6 +80,7 @@ def test_a_kept_fraction_heads_row_marks_its_adic_columns_and_no_other(
 ) -> None:
     module = _module(
         head=head,
+        area_weight=0.0,  # the area term would add sparseness (a default column)
         kept_fraction_weight=0.5,
         kept_fraction_options={"fractions": list(fractions)},
         methods=["lcam", "gradcam"],
@@ -155,7 +156,13 @@ def test_both_deletion_baselines_and_road_by_default_at_the_documented_cost() ->
         assert 0 <= row[column] <= 1, column
     assert row["insertion_auc"] != pytest.approx(row["insertion_auc_black"], abs=1e-4)
     assert row["deletion_auc"] != pytest.approx(row["deletion_auc_blur"], abs=1e-4)
-    assert {"road_morf_mean", "road_lerf_mean", "road_morf@90", "road_lerf@10"} <= set(row)
+    assert {
+        "road_morf_mean",
+        "road_lerf_mean",
+        "road_morf@90",
+        "road_lerf@10",
+        "sparseness",
+    } <= set(row)
     # One untimed warm-up forward per image; the head's own pass does not call forward.
     assert seen / len(images) == 1 + 2 * 2 * 101 + 7 * 2 + (3 + 1)
 

@@ -100,7 +100,8 @@ class LCAMModule(LightningModule):
             selection (0: off; see :mod:`lcam.training.validation`).
         faithfulness_metrics: the scores: ``"adic"`` (AD/IC at 100/50/15 %, ``val/ad_100`` ...
             ``val/ic_15``; the kept-fraction term trains on it) and/or ``"deletion_insertion"``
-            (``val/deletion_auc``, ``val/insertion_auc``, blurred baseline; no head trains on it).
+            (``val/deletion_auc``: pixels removed to black, ``val/insertion_auc``: added to the
+            blurred image, as the comparison's columns of the same names; no head trains on it).
             Default ``["adic"]``.
         faithfulness_options: keyword arguments of ``ValidationFaithfulness`` (``batch_size``,
             ``deletion_steps``: 20 by default, 100 as the test-time comparison).

@@ -103,13 +103,14 @@ def test_a_kept_fraction_heads_row_marks_its_adic_columns_and_no_other(
     assert "*" not in gradcam_cells
     table = [line for line in independent_part.splitlines() if line.startswith("|")]
     assert table and not any("*" in line for line in table)
-    assert "* the row's method trains on this column" in independent_part
+    assert "A value marked * is one the row's method trains on" in independent_part
 
     page = paths["html"].read_text(encoding="utf-8")
     headline = page[page.index('id="metrics"') : page.index("</table>")]
     assert ">metrics a head trains on</th>" in headline and ">independent metrics</th>" in headline
     marked = re.findall(r'<td class="[^"]*trained[^"]*">([^<]*)</td>', headline)
     assert len(marked) == len(expected) and all(text.endswith("*") for text in marked)
+    assert "A value marked * is one the row&#x27;s method trains on" in page
 
 
 @pytest.mark.parametrize(

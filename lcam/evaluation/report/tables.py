@@ -46,9 +46,9 @@ TRAINED_GROUP = "metrics a head trains on"
 INDEPENDENT_GROUP = "independent metrics"
 
 TRAINED_LEGEND = (
-    f"{TRAINED_MARK} the row's method trains on this column: its training objective optimises "
-    "that metric (the trained_on column of comparison.csv, derived from the head's loss "
-    "settings), so the value is not independent evidence. Classic methods train on nothing."
+    f"A value marked {TRAINED_MARK} is one the row's method trains on: its training objective "
+    "optimises that metric (the trained_on column of comparison.csv, derived from the head's "
+    "loss settings), so it is not independent evidence. Classic methods train on nothing."
 )
 
 Rows = Sequence[Mapping[str, Any]]

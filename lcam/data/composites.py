@@ -1,26 +1,25 @@
-"""Real-photo composites: the cat and the coffee cup of scikit-image pasted onto textures.
+"""Real-photo composites: object photos of :mod:`lcam.data.photos` pasted onto textures.
 
-Each item is rendered from ``(seed, index)`` alone: one object photo (class 0 ``cat``: the face
-of ``skimage.data.chelsea()``; class 1 ``coffee``: the cup and saucer of
-``skimage.data.coffee()``) cut out with an ellipse inscribed in its crop box, resized to a random
+Each item is rendered from ``(seed, index)`` alone: one photo of a catalogue
+(:data:`~lcam.data.photos.CATALOGUES`; the default ``"cat_coffee"``: class 0 ``cat``, the face of
+``skimage.data.chelsea()``, class 1 ``coffee``, the cup of ``skimage.data.coffee()``; or the
+eight-photo ``"diverse"`` set), drawn uniformly among the catalogue's photos, cut out as the
+catalogue says (the ellipse inscribed in its crop box, or the whole box), resized to a random
 scale and pasted at a random place (:data:`PLACEMENTS`) onto a background that is a random
 window of a scikit-image texture (``grass``, ``gravel``, ``brick``, tinted with a random
 colour), a smooth colour noise field or a linear colour gradient. The object mask is exactly the
-set of pasted pixels.
+set of pasted pixels. The label is the photo's class in the catalogue.
 
-Crop boxes ``(left, top, right, bottom)`` in the original photos' pixels:
-
-* cat, ``chelsea()`` (451 x 300): ``(40, 0, 400, 300)``, the face from ear to chin;
-* coffee, ``coffee()`` (600 x 400): ``(75, 10, 480, 392)``, the cup with its saucer and spoon.
-
-The photos are bundled with scikit-image (no download). ImageNet classes that fit them are in
-:data:`IMAGENET_CLASSES` (for real-weight backbones such as EfficientNet-Lite0).
+The photos, their crop boxes and the ImageNet classes that fit them are in
+:mod:`lcam.data.photos`; :data:`COMPOSITE_CLASSES`, :data:`CROP_BOXES` and
+:data:`IMAGENET_CLASSES` here are those of the default catalogue.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lcam.data.datamodules import SyntheticShapesDataModule
+from lcam.data.photos import Catalogue, as_image, catalogue, object_photo
 
 __all__ = [
     "COMPOSITE_CLASSES",
@@ -41,20 +41,16 @@ __all__ = [
     "render_composite",
 ]
 
-COMPOSITE_CLASSES: tuple[str, ...] = ("cat", "coffee")
-"""Class names in label order."""
+_DEFAULT = catalogue("cat_coffee")
 
-CROP_BOXES: dict[str, tuple[int, int, int, int]] = {
-    "cat": (40, 0, 400, 300),
-    "coffee": (75, 10, 480, 392),
-}
+COMPOSITE_CLASSES: tuple[str, ...] = _DEFAULT.classes
+"""Class names of the default catalogue in label order."""
+
+CROP_BOXES: dict[str, tuple[int, int, int, int]] = {p.name: p.box for p in _DEFAULT.photos}
 """``(left, top, right, bottom)`` object boxes in ``chelsea()`` and ``coffee()``."""
 
-IMAGENET_CLASSES: dict[str, tuple[int, ...]] = {
-    "cat": (281, 282, 285),  # tabby, tiger cat, Egyptian cat
-    "coffee": (504, 967, 968),  # coffee mug, espresso, cup
-}
-"""ImageNet-1k indices of each composite class (torchvision's category order)."""
+IMAGENET_CLASSES: dict[str, tuple[int, ...]] = _DEFAULT.imagenet
+"""ImageNet-1k indices of each class of the default catalogue (torchvision's category order)."""
 
 PLACEMENTS: tuple[str, ...] = ("inside", "uniform")
 """Where objects go. ``"inside"`` (the default, which the documented composite numbers used):
@@ -64,29 +60,13 @@ centre (a centre prior scores well). ``"uniform"``: the object's *centre* unifor
 whole image, the object cut by the border where it overhangs (the mask holds only the visible
 pixels), so no position is favoured and a centre prior gains little."""
 
-_PHOTOS = {"cat": skdata.chelsea, "coffee": skdata.coffee}
 _TEXTURES = ("grass", "gravel", "brick")
-# Object box side (its longer side) as a fraction of the image side.
-_MIN_SCALE, _MAX_SCALE = 0.35, 0.7
 _SEED_STRIDE = 1_000_003
-
-
-def _to_tensor(array: object) -> Tensor:
-    """``(H, W)`` or ``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 in [0, 1]."""
-    image = torch.as_tensor(array).float() / 255
-    return image.expand(3, *image.shape) if image.dim() == 2 else image.permute(2, 0, 1)
-
-
-@functools.cache
-def object_photo(name: str) -> Tensor:
-    """The cropped photo ``(3, h, w)`` of class ``name`` (loaded once per process)."""
-    left, top, right, bottom = CROP_BOXES[name]
-    return _to_tensor(_PHOTOS[name]())[:, top:bottom, left:right].contiguous()
 
 
 @functools.cache
 def _texture(name: str) -> Tensor:
-    return _to_tensor(getattr(skdata, name)()).contiguous()
+    return as_image(getattr(skdata, name)()).contiguous()
 
 
 def _check_placement(placement: str) -> None:
@@ -125,12 +105,22 @@ def _background(g: torch.Generator, size: int) -> Tensor:
     return ends[0] + (ends[1] - ends[0]) * t
 
 
-def render_composite(g: torch.Generator, size: int, placement: str = "inside") -> dict[str, Tensor]:
-    """One composite ``{"image": (3, S, S) in [0, 1], "label": (), "mask": (S, S) bool}``,
-    the object placed as ``placement`` says (:data:`PLACEMENTS`)."""
-    label = int(torch.randint(len(COMPOSITE_CLASSES), (), generator=g))
-    photo = object_photo(COMPOSITE_CLASSES[label])
-    scale = _MIN_SCALE + (_MAX_SCALE - _MIN_SCALE) * float(torch.rand((), generator=g))
+def render_composite(
+    g: torch.Generator,
+    size: int,
+    placement: str = "inside",
+    photos: str | Catalogue = "cat_coffee",
+) -> dict[str, Tensor]:
+    """One composite ``{"image": (3, S, S) in [0, 1], "label": (), "mask": (S, S) bool}`` of a
+    photo of the catalogue ``photos``, the object placed as ``placement`` says
+    (:data:`PLACEMENTS`)."""
+    chosen = catalogue(photos)
+    # One draw among the photos: for the two-photo default this is the draw of the label that
+    # the documented composites were rendered with, so they stay the same images.
+    pick = int(torch.randint(len(chosen.photos), (), generator=g))
+    photo = object_photo(chosen.photos[pick].name)
+    low, high = chosen.scale
+    scale = low + (high - low) * float(torch.rand((), generator=g))
     ratio = size * scale / max(photo.shape[-2:])
     height, width = (max(2, round(side * ratio)) for side in photo.shape[-2:])
     pasted = F.interpolate(photo[None], size=(height, width), mode="bilinear", antialias=True)[0]
@@ -140,7 +130,10 @@ def render_composite(g: torch.Generator, size: int, placement: str = "inside") -
     else:  # the centre uniform over the image's pixels; the box may overhang the border
         top = int(torch.randint(size, (), generator=g)) - height // 2
         left = int(torch.randint(size, (), generator=g)) - width // 2
-    inside = _ellipse(height, width)
+    if chosen.cutout == "ellipse":
+        inside = _ellipse(height, width)
+    else:
+        inside = torch.ones(height, width, dtype=torch.bool)
     image = _background(g, size).clamp_(0, 1)
     # The part of the object box that lies on the image, in image and in object coordinates.
     rows = slice(max(top, 0), min(top + height, size))
@@ -150,7 +143,8 @@ def render_composite(g: torch.Generator, size: int, placement: str = "inside") -
     window.copy_(torch.where(inside[cut], pasted.clamp(0, 1)[(slice(None), *cut)], window))
     mask = torch.zeros(size, size, dtype=torch.bool)
     mask[rows, cols] = inside[cut]
-    return {"image": image.contiguous(), "label": torch.tensor(label), "mask": mask}
+    label = torch.tensor(chosen.labels[pick])
+    return {"image": image.contiguous(), "label": label, "mask": mask}
 
 
 class CompositeImages(Dataset):
@@ -161,12 +155,18 @@ class CompositeImages(Dataset):
         image_size: side of the square images.
         seed: items are rendered from ``seed * 1_000_003 + index``.
         placement: ``"inside"`` or ``"uniform"`` (:data:`PLACEMENTS`).
+        photos: a catalogue name (``"cat_coffee"``, the default, or ``"diverse"``) or a
+            :class:`~lcam.data.photos.Catalogue`; ``class_names`` are its classes.
     """
 
-    class_names = COMPOSITE_CLASSES
-
     def __init__(
-        self, size: int, *, image_size: int = 224, seed: int = 0, placement: str = "inside"
+        self,
+        size: int,
+        *,
+        image_size: int = 224,
+        seed: int = 0,
+        placement: str = "inside",
+        photos: str | Catalogue = "cat_coffee",
     ) -> None:
         _check_placement(placement)
         if size < 0:
@@ -175,6 +175,8 @@ class CompositeImages(Dataset):
             raise ValueError(f"image_size must be >= 16, got {image_size}")
         self.size, self.image_size, self.seed = int(size), int(image_size), int(seed)
         self.placement = placement
+        self.catalogue = catalogue(photos)
+        self.class_names = self.catalogue.classes
 
     def __len__(self) -> int:
         return self.size
@@ -184,7 +186,7 @@ class CompositeImages(Dataset):
         ``index``."""
         index = range(self.size)[int(index)]  # IndexError outside the dataset
         g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + index)
-        item = render_composite(g, self.image_size, self.placement)
+        item = render_composite(g, self.image_size, self.placement, self.catalogue)
         return {**item, "index": torch.tensor(index)}
 
 
@@ -192,8 +194,11 @@ class CompositesDataModule(SyntheticShapesDataModule):
     """Train, validation and test composites from seeds ``seed``, ``seed + 1``, ``seed + 2``.
 
     Batches are dicts like the other datamodules': ``image`` ``(B, 3, S, S)`` in [0, 1], ``label``
-    ``(B,)`` (0 cat, 1 coffee), ``mask`` ``(B, S, S)`` bool, ``index`` ``(B,)``. ``placement``
-    (:data:`PLACEMENTS`) applies to every split.
+    ``(B,)`` (the photo's class in the catalogue ``photos``; default 0 cat, 1 coffee), ``mask``
+    ``(B, S, S)`` bool, ``index`` ``(B,)``. ``placement`` (:data:`PLACEMENTS`) applies to every
+    split. ``held_out_photos`` (photo names; none by default, so every split uses every photo)
+    are left out of the train and validation splits only, so the test split also shows photos
+    the head never trained on; the class list stays the catalogue's.
     """
 
     def __init__(
@@ -207,10 +212,15 @@ class CompositesDataModule(SyntheticShapesDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         placement: str = "inside",
+        photos: str = "cat_coffee",
+        held_out_photos: Sequence[str] = (),
     ) -> None:
         _check_placement(placement)
+        chosen = catalogue(photos)
+        # Built now, so a misspelt photo or a catalogue emptied by the hold-out fails here.
+        self.training_catalogue = chosen.without(held_out_photos) if held_out_photos else chosen
         super().__init__(
-            num_classes=len(COMPOSITE_CLASSES),
+            num_classes=len(chosen.classes),
             image_size=image_size,
             train_size=train_size,
             val_size=val_size,
@@ -220,8 +230,8 @@ class CompositesDataModule(SyntheticShapesDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
         )
-        self.class_names = list(COMPOSITE_CLASSES)
-        self.placement = placement
+        self.class_names = list(chosen.classes)
+        self.placement, self.catalogue = placement, chosen
 
     def dataset(self, split: str) -> CompositeImages:  # type: ignore[override]
         """The ``"train"``, ``"val"`` or ``"test"`` split."""
@@ -231,4 +241,5 @@ class CompositesDataModule(SyntheticShapesDataModule):
             image_size=self.image_size,
             seed=self.seed + offset,
             placement=self.placement,
+            photos=self.catalogue if split == "test" else self.training_catalogue,
         )

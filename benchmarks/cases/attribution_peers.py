@@ -19,7 +19,12 @@ forwards one run of the batch at a time, captum's infidelity all perturbations a
   ``metric.random_logit`` vs ``quantus.RandomLogit`` (Pearson similarity, Grad-CAM explains the
   random class; both are given the explained class's map);
   ``metric.monotonicity`` alone (Quantus 0.6.0's ``Monotonicity`` never restores a pixel, see
-  ``tests/metrics/test_metrics_monotonicity.py``).
+  ``tests/metrics/test_metrics_monotonicity.py``; its parity test gives Quantus a restoring
+  perturbation, which is not Quantus's own metric to time).
+
+On a loaded machine two rows of the suite may be measured minutes apart under different loads;
+``python -m benchmarks.cases.attribution_peers [rounds]`` (:func:`interleaved`) times each pair
+alternately in one process and reports the median of the per-round ``lcam / peer`` ratios.
 """
 
 from __future__ import annotations
@@ -255,3 +260,71 @@ def _peer_metric(ctx: Context, name: str, maps: Tensor, targets: Tensor, gradcam
 
     notes = ["numpy round trip as Quantus does it"]
     return Case(call, images, ctx.backbone.model, {}, f"{len(images)} img/call", notes)
+
+
+PAIRS = [(ours, peer) for peer, ours in PEER_METHODS.items()] + [
+    (f"metric.{ours}", peer) for peer, ours in PEER_METRICS.items()
+]
+
+
+def interleaved(model: str = "quickstart", batch_size: int = 8, rounds: int = 3) -> str:
+    """A Markdown table of every lcam/peer pair timed alternately in this process.
+
+    Each round times a plain forward, then every case one after the other, so the two sides of
+    a pair run seconds apart and a load change moves both: the median of the per-round
+    ``lcam / peer`` time ratios is steadier on a shared machine than two separate rows of the
+    suite. One warm-up call of each case first; no pass counting or memory measurement.
+    """
+    import statistics
+    import time
+
+    import torch
+
+    from benchmarks.machine import load_average
+    from benchmarks.models import MODELS, build_backbone, make_images
+
+    spec = MODELS[model]
+    images, labels = make_images(spec, batch_size)
+    ctx = Context(model, spec, build_backbone(spec), images, labels, False)
+    cases = {name: build(ctx, name).call for pair in PAIRS for name in pair}
+
+    def forward() -> None:
+        with torch.no_grad():
+            ctx.backbone(images)
+
+    calls = {"forward": forward, **cases}
+    for call in calls.values():
+        call()
+    started = load_average()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    ms = {name: statistics.median(t) * 1e3 / batch_size for name, t in times.items()}
+    lines = [
+        f"{model}, {batch_size} img/call, {torch.get_num_threads()} threads, {rounds} rounds; "
+        f"load average {started} at start, {load_average()} at end",
+        "",
+        "| lcam | peer | lcam ms/image | peer ms/image | lcam / peer (median of rounds) "
+        "| per-round ratios | forward ms/image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for ours, peer in PAIRS:
+        ratios = [a / b for a, b in zip(times[ours], times[peer], strict=True)]
+        lines.append(
+            f"| {ours} | {peer} | {ms[ours]:.3g} | {ms[peer]:.3g} "
+            f"| {statistics.median(ratios):.2f} | {', '.join(f'{r:.2f}' for r in ratios)} "
+            f"| {ms['forward']:.3g} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m benchmarks.cases.attribution_peers [rounds] [threads]
+    import sys
+
+    import torch
+
+    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    print(interleaved(rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 3))

@@ -1,6 +1,7 @@
 """FullGrad equals pytorch-grad-cam's ``FullGrad`` (every Conv2d/BatchNorm2d bias term and the
 input-gradient term) on torchvision's ResNet-18 (in-place ReLUs after its batch norms) and on
-the TinyResNet."""
+the TinyResNet; on a token EVA-02, where pytorch-grad-cam sees only the patch embedding, it
+equals FullGrad written out directly with every Linear/LayerNorm bias term on the patch grid."""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 backbone and the leaf helpers; training and inference build on it).
 
 - :mod:`~lcam.evaluation.specs`: the one table of metrics (name -> factory, maps scored,
-  columns with direction and headline flag).
+  columns with direction and headline flag); :mod:`~lcam.evaluation.options`: their settings
+  (:class:`ComparisonOptions`, every key of ``--model.comparison``);
+  :mod:`~lcam.evaluation.deletion_baselines`: deletion/insertion under both baselines.
 - :class:`MethodComparison` (:mod:`~lcam.evaluation.comparison`): every metric, passes and time
   per image, for every method, from one ``explain()`` call per method and batch
   (:mod:`~lcam.evaluation.protocol` keeps the raw maps AD/IC scores; :mod:`~lcam.evaluation.cost`

@@ -32,6 +32,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     "resnet50": ModelSpec("resnet50", 224),
     "vgg16": ModelSpec("vgg16", 224),
+    "vit_b_16": ModelSpec("vit_b_16", 224),
 }
 
 

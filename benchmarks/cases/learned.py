@@ -8,9 +8,11 @@ METHODS = [
     "lcam_fm",
     "lcam_img",
     "tame",
+    "tame_lite",
     "lcam_fm.class_maps",
     "lcam_img.class_maps",
     "tame.class_maps",
+    "tame_lite.class_maps",
 ]
 
 

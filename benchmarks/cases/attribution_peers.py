@@ -322,9 +322,15 @@ def interleaved(model: str = "quickstart", batch_size: int = 8, rounds: int = 3)
 
 
 if __name__ == "__main__":  # python -m benchmarks.cases.attribution_peers [rounds] [threads]
+    import os
     import sys
 
+    threads = sys.argv[2] if len(sys.argv) > 2 else "1"
+    # As run.py does, before NumPy loads: its BLAS (grad-cam's SVD) reads these only then, and
+    # on a loaded machine an unlimited BLAS made grad-cam's EigenCAM 200x slower.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = threads
     import torch
 
-    torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    torch.set_num_threads(int(threads))
     print(interleaved(rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 3))

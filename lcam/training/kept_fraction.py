@@ -23,11 +23,24 @@ maps ``S`` ``(B, h, w)`` (the pre-sigmoid logit maps the protocol scores):
 
 Cost: ``|P|`` forward and backward passes of the frozen network per image and step (the gradient
 flows through the network to the mask, as L-CAM-Img's does); inference stays one pass.
+
+``sampling="one"`` (the fast recipe) draws one fraction ``p_b`` per image and step, uniformly from
+``P``, and scores only ``x_b \odot M_{p_b}``:
+
+.. math::
+    \hat L = \frac{1}{B} \sum_b \mathrm{CE}\big(f(x_b \odot M_{p_b}), c_b\big), \qquad
+    \mathbb{E}_{p}\,\hat L = \frac{1}{B} \sum_b \frac{1}{|P|} \sum_{p \in P}
+        \mathrm{CE}\big(f(x_b \odot M_p), c_b\big) = L
+
+(the same objective and gradient in expectation, with more variance) at one forward and backward
+pass per image instead of ``|P|``. Draws use the global torch RNG on the CPU (or ``generator``), so
+a seed gives the same fractions on every device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +50,11 @@ from lcam.backbone import FrozenBackbone
 from lcam.maps import normalise_maps, upsample_maps
 from lcam.metrics.common import checked_fractions, fraction_key, keep_count
 
-__all__ = ["KeptFractionLoss", "relaxed_keep_masks"]
+__all__ = ["KEPT_FRACTION_SAMPLING", "KeptFractionLoss", "Sampling", "relaxed_keep_masks"]
+
+Sampling = Literal["all", "one"]
+KEPT_FRACTION_SAMPLING: tuple[str, ...] = ("all", "one")
+"""Values ``sampling`` accepts: every fraction per image, or one drawn per image and step."""
 
 
 def relaxed_keep_masks(maps: Tensor, fractions: Sequence[float], temperature: float) -> Tensor:
@@ -81,18 +98,30 @@ class KeptFractionLoss(nn.Module):
     Args:
         fractions: kept fractions ``P`` (default the protocol's 100 %, 50 %, 15 %).
         temperature: ``tau``, the softness of the kept region's edge in normalised map units.
+        sampling: ``"all"`` (every fraction for every image, ``|P|`` passes) or ``"one"`` (one
+            fraction drawn uniformly per image and step, one pass; unbiased, see the module
+            docstring).
+        generator: RNG of the ``"one"`` draws (default: the global torch RNG).
     """
 
     def __init__(
-        self, fractions: Sequence[float] = (1.0, 0.5, 0.15), temperature: float = 0.05
+        self,
+        fractions: Sequence[float] = (1.0, 0.5, 0.15),
+        temperature: float = 0.05,
+        sampling: Sampling = "all",
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(
                 f"temperature must be > 0 (a hard edge has no gradient), got {temperature}"
             )
+        if sampling not in KEPT_FRACTION_SAMPLING:
+            raise ValueError(f"sampling must be one of {KEPT_FRACTION_SAMPLING}, got {sampling!r}")
         self.fractions = checked_fractions(fractions)
         self.temperature = float(temperature)
+        self.sampling = sampling
+        self.generator = generator
 
     @property
     def trained_on(self) -> frozenset[str]:
@@ -119,6 +148,13 @@ class KeptFractionLoss(nn.Module):
         size = (images.shape[-2], images.shape[-1])
         kept = upsample_maps(normalise_maps(maps.float()), size)  # (B, H, W)
         masks = relaxed_keep_masks(kept, self.fractions, self.temperature)  # (P, B, H, W)
+        if self.sampling == "one":
+            # The masks of all fractions cost a sort and a few maps; only the forwards are dear.
+            rows = torch.arange(len(targets), device=masks.device)
+            drawn = torch.randint(len(self.fractions), (len(targets),), generator=self.generator)
+            chosen = masks[drawn.to(masks.device), rows]  # (B, H, W)
+            logits = backbone(images * chosen.unsqueeze(1).to(images.dtype))  # (B, K)
+            return F.cross_entropy(logits, targets)
         masked = images.unsqueeze(0) * masks.unsqueeze(2).to(images.dtype)  # (P, B, 3, H, W)
         logits = backbone(masked.flatten(0, 1))  # (P * B, K)
         return F.cross_entropy(logits, targets.repeat(len(self.fractions)))

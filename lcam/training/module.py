@@ -119,9 +119,12 @@ class LCAMModule(LightningModule):
             still predict the label from the image kept by the top 100/50/15 % of the head's
             pre-sigmoid map, the AD/IC protocol's masks with a soft edge (see
             :class:`~lcam.training.kept_fraction.KeptFractionLoss`); logged as
-            ``train/kept_fraction``. Costs one forward and backward pass per fraction and image.
+            ``train/kept_fraction``. Costs one forward and backward pass per fraction and image
+            (one per image with ``sampling: one``).
         kept_fraction_options: keyword arguments of ``KeptFractionLoss`` (``fractions``,
-            ``temperature``).
+            ``temperature``, ``sampling``: ``"all"`` or ``"one"``, one fraction drawn per image
+            and step, the same objective in expectation with a third of the term's passes for three
+            fractions; the fast recipe, ``configs/quickstart_fast.yaml``).
     """
 
     def __init__(

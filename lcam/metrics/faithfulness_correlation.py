@@ -112,9 +112,9 @@ class FaithfulnessCorrelation(Metric):
             self.model, lambda i: images[i], batch, self.batch_size, pick, device
         )
         # Chunks of the caller's own batch size (at most batch_size), not of batch_size: on a
-        # CPU a 64-image forward of the 64 px quickstart model costs 2.4x more per image than an
-        # 8-image one (its activations leave the cache; benchmarks/results/attribution-quickstart
-        # -2026-12-07-rerun.md), and the caller's batch is a size its own forwards already use.
+        # CPU a 64-image forward of the 64 px quickstart model costs about 2x more per image
+        # than an 8-image one (measured in benchmarks/results/attribution-quickstart-2026-12-07
+        # -rerun.md), and the caller's batch is a size its own forwards already use.
         chunk = min(self.batch_size, batch)
         total = self.num_runs * batch  # every run of every image, batched together
         moved = predict_in_chunks(self.model, perturbed, total, chunk, pick, device)

@@ -23,9 +23,11 @@ helper (:func:`lcam.backbone.layout.to_grid`: the ``P`` prefix tokens dropped, t
 reshaped to ``(B, C_l, h, w)``), then normalised per channel and summed as above; the patch
 embedding's ``Conv2d`` bias is a 2-D term as in a CNN. Calls with other outputs (the pooled
 ``(B, C)`` head and its norm) have no grid and are left out, as the classifier's bias is in a
-CNN. This is the FullGrad construction, not an exact decomposition: the completeness of
-Srinivas & Fleuret needs a piecewise-linear network (softmax attention, GELU and the layer
-norm's division are not) and the terms at the prefix tokens have no place on the grid.
+CNN; so are token sequences of another length (a model that merges tokens between stages
+contributes only the layers at the target layer's length). This is the FullGrad construction,
+not an exact decomposition: the completeness of Srinivas & Fleuret needs a piecewise-linear
+network (softmax attention, GELU and the layer norm's division are not) and the terms at the
+prefix tokens have no place on the grid.
 pytorch-grad-cam's ``FullGrad`` takes only ``Conv2d``/``BatchNorm2d`` biases, so on a token
 model it sees the patch embedding alone: there is no peer to compare with.
 

@@ -18,6 +18,11 @@ factors:
 One class's map (``explain()``) uses that class's row ``U_k V`` ``(sum C_i,)`` as TAME does. In
 eval mode BN folds into ``U_i`` (:mod:`lcam.heads.fold`). A new head name (``tame_lite``), so
 TAME checkpoints keep loading as TAME.
+
+Status (2026-12-07): not the recommended head. Its cost is in
+``benchmarks/results/head-cost-2026-12-07.md``; its quality is measured only after the first of
+the quickstart's four epochs (validation AD/IC level with TAME's first epoch), not on the full
+recipe, and the low-rank fuse (which only acts when ``K > 64``) not at all.
 """
 
 from __future__ import annotations

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lcam.backbone import FrozenBackbone
 from lcam.heads.fold import FoldCache, can_fold, norm_affine
 from lcam.heads.norm import GlobalBatchNorm2d
 from lcam.heads.tame import TAMEHead
@@ -110,12 +109,6 @@ class LiteTAMEHead(TAMEHead):
         self.fuse = nn.Conv2d(fuse_in, num_classes, kernel_size=1)
         if initial_bias is not None:
             nn.init.constant_(self.fuse.bias, initial_bias)
-
-    @classmethod
-    def for_backbone(cls, backbone: FrozenBackbone) -> LiteTAMEHead:
-        if len(backbone.target_layers) < 2:
-            backbone.retarget(backbone.default_layers(3))
-        return cls(backbone.layer_channels, backbone.num_classes)
 
     def forward(self, layers: Sequence[Tensor]) -> Tensor:  # type: ignore[override]
         """Class logit maps ``(B, K, h, w)`` at the finest branch's resolution: with a low-rank

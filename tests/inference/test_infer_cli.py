@@ -182,13 +182,27 @@ def test_empty_folder_and_missing_checkpoint(tmp_path, checkpoint, capsys) -> No
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_classic_methods_need_only_a_backbone(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("gradcam", []),
+        ("layercam", []),
+        ("hirescam", []),
+        ("eigencam", []),
+        ("fullgrad", []),
+        ("integrated_gradients", ["--option", "steps=3"]),
+        ("smoothgrad", ["--option", "num_samples=2"]),
+        ("gradient_shap", ["--option", "num_samples=2"]),
+    ],
+)
+def test_classic_methods_need_only_a_backbone(tmp_path, method, options) -> None:
     _write_images(tmp_path / "in")
-    out = tmp_path / "gradcam"
+    out = tmp_path / method
     code = infer_main(
         [
             "--method",
-            "gradcam",
+            method,
+            *options,
             "--backbone",
             "lcam.models.TinyResNet",
             "--num-classes",
@@ -206,8 +220,9 @@ def test_classic_methods_need_only_a_backbone(tmp_path) -> None:
     )
     assert code == 0
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert len(records) == 3 and {r["method"] for r in records} == {"gradcam"}
-    assert np.load(out / "wide.png.map.npy").shape == (40, 60)
+    assert len(records) == 3 and {r["method"] for r in records} == {method}
+    saved = np.load(out / "wide.png.map.npy")
+    assert saved.shape == (40, 60) and np.isfinite(saved).all()
 
 
 def test_methods_take_the_backbone_and_options_from_a_checkpoint(tmp_path, checkpoint) -> None:

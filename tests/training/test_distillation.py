@@ -68,3 +68,30 @@ def test_distance_and_bad_teacher() -> None:
     assert map_distance(a, b, "mse") == 1.0 and map_distance(a, b * 0.5, "l1") == 0.5
     with pytest.raises(ValueError, match="unknown explainer 'gradcamm'"):
         TeacherMaps("gradcamm", lcam.FrozenBackbone("lcam.models.TinyResNet", input_size=32))
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("layercam", {}),
+        ("hirescam", {}),
+        ("eigencam", {}),
+        ("fullgrad", {}),
+        ("integrated_gradients", {"steps": 3}),
+        ("smoothgrad", {"num_samples": 2}),
+        ("gradient_shap", {"num_samples": 2}),
+    ],
+)
+def test_every_new_method_teaches_maps_of_the_labels_at_the_head_resolution(name, options) -> None:
+    backbone = lcam.FrozenBackbone("lcam.models.TinyResNet", num_classes=4, input_size=32)
+    teacher = TeacherMaps(name, backbone, options)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 2, 3])
+    maps = teacher.compute(images, labels, (4, 4))
+    assert maps.shape == (3, 4, 4) and torch.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1
+    # the maps are those of the labels asked for (not of the predicted classes), pooled
+    direct = teacher.explainer.explain(images, labels)
+    assert direct.targets.tolist() == labels.tolist()
+    pooled = torch.nn.functional.adaptive_avg_pool2d(direct.maps[:, None], (4, 4))[:, 0]
+    torch.testing.assert_close(maps, pooled, atol=1e-5, rtol=1e-4)

@@ -105,6 +105,13 @@ def _background(g: torch.Generator, size: int) -> Tensor:
     return ends[0] + (ends[1] - ends[0]) * t
 
 
+def _draw_photo(g: torch.Generator, chosen: Catalogue) -> int:
+    """Which photo of ``chosen`` an item shows: the first draw of its generator, so labels are
+    known without rendering (for the two-photo default this is the draw of the label that the
+    documented composites were rendered with, so they stay the same images)."""
+    return int(torch.randint(len(chosen.photos), (), generator=g))
+
+
 def render_composite(
     g: torch.Generator,
     size: int,
@@ -115,9 +122,7 @@ def render_composite(
     photo of the catalogue ``photos``, the object placed as ``placement`` says
     (:data:`PLACEMENTS`)."""
     chosen = catalogue(photos)
-    # One draw among the photos: for the two-photo default this is the draw of the label that
-    # the documented composites were rendered with, so they stay the same images.
-    pick = int(torch.randint(len(chosen.photos), (), generator=g))
+    pick = _draw_photo(g, chosen)
     photo = object_photo(chosen.photos[pick].name)
     low, high = chosen.scale
     scale = low + (high - low) * float(torch.rand((), generator=g))
@@ -177,6 +182,14 @@ class CompositeImages(Dataset):
         self.placement = placement
         self.catalogue = catalogue(photos)
         self.class_names = self.catalogue.classes
+
+    @property
+    def targets(self) -> list[int]:
+        """Every item's label, in index order, without rendering (torchvision's ``targets``: the
+        class-stratified validation subset reads it)."""
+        seeds = (self.seed * _SEED_STRIDE + index for index in range(self.size))
+        picks = (_draw_photo(torch.Generator().manual_seed(seed), self.catalogue) for seed in seeds)
+        return [self.catalogue.labels[pick] for pick in picks]
 
     def __len__(self) -> int:
         return self.size

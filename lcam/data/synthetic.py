@@ -122,9 +122,14 @@ def _pixel_grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return py.contiguous(), px.contiguous()
 
 
+def _draw_label(g: torch.Generator, num_classes: int) -> int:
+    """An item's label: the first draw of its generator (so labels are known without rendering)."""
+    return int(torch.randint(num_classes, (), generator=g))
+
+
 def _render(g: torch.Generator, num_classes: int, size: int) -> dict[str, torch.Tensor]:
     """Render one item from generator ``g``; see :meth:`SyntheticShapes.__getitem__`."""
-    label = int(torch.randint(num_classes, (), generator=g))
+    label = _draw_label(g, num_classes)
 
     py, px = _pixel_grid(size)
 
@@ -220,6 +225,17 @@ class SyntheticShapes(Dataset):
     def class_names(self) -> tuple[str, ...]:
         """Names of the classes in label order (length ``num_classes``)."""
         return SHAPE_NAMES[: self.num_classes]
+
+    @property
+    def targets(self) -> list[int]:
+        """Every item's label, in index order, without rendering the images (torchvision's
+        ``targets``: the class-stratified validation subset reads it)."""
+        return [
+            _draw_label(
+                torch.Generator().manual_seed(self.seed * _SEED_STRIDE + i), self.num_classes
+            )
+            for i in range(self.size)
+        ]
 
     def __len__(self) -> int:
         return self.size

@@ -20,7 +20,7 @@ from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler
 
-from lcam.data import ImageFolderDataModule, SyntheticShapesDataModule
+from lcam.data import CompositeImages, ImageFolderDataModule, SyntheticShapesDataModule
 from lcam.metrics import AverageDropIncrease, DeletionInsertion
 from lcam.training import LCAMModule
 from lcam.training.validation_subset import dataset_labels, own_indices, stratified_subset
@@ -135,4 +135,19 @@ def test_labels_are_read_from_folders_image_lists_and_subsets(tmp_path) -> None:
         assert torch.equal(dataset_labels(dataset), expected), type(dataset).__name__
     subset = torch.utils.data.Subset(dataset, [39, 0, 17])
     assert dataset_labels(subset).tolist() == [9, 0, 4]
-    assert dataset_labels(SyntheticShapesDataModule(val_size=8).dataset("val")) is None
+
+
+@pytest.mark.parametrize("kind", ["shapes", "composites"])
+def test_built_in_datasets_give_their_labels_without_rendering(kind: str) -> None:
+    """The stratified subset needs the labels: the built-in datasets give them as ``targets``
+    (drawn first from each item's generator) equal to the rendered items' labels, so a
+    ``faithfulness_subset`` on them covers every class."""
+    if kind == "shapes":
+        dataset = SyntheticShapesDataModule(val_size=24).dataset("val")
+    else:
+        dataset = CompositeImages(24, image_size=32, seed=3, photos="diverse")
+    rendered = [int(dataset[index]["label"]) for index in range(len(dataset))]
+    assert dataset_labels(dataset).tolist() == rendered
+    assert len(set(rendered)) >= 4  # several classes, so the equality is not trivial
+    indices = stratified_subset(dataset_labels(dataset), len(dataset), len(set(rendered)))
+    assert {rendered[i] for i in indices.tolist()} == set(rendered)  # one image of each class

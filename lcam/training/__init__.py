@@ -10,6 +10,7 @@
 - :mod:`~lcam.training.evaluation_run`: the method comparison, sanity check and report of ``test``.
 - :mod:`~lcam.training.masked_response`: the amortized masked-response objective.
 - :mod:`~lcam.training.kept_fraction`: the class must survive the map's top 100/50/15 % alone.
+- :mod:`~lcam.training.removed_fraction`: the class must fall once the map's top pixels are removed.
 """
 
 from lcam.training.distillation import Distance, TeacherMaps, map_distance
@@ -23,8 +24,10 @@ from lcam.training.losses import (
 )
 from lcam.training.module import LCAMModule
 from lcam.training.recipe import paper_optimizer, paper_scheduler
+from lcam.training.removed_fraction import RemovedFractionLoss
 
 __all__ = [
+    "RemovedFractionLoss",
     "Distance",
     "KeptFractionLoss",
     "LCAMLoss",

@@ -171,6 +171,13 @@ class MaskedResponseLoss(nn.Module):
         self.keep_prob, self.sampling, self.score = keep_prob, sampling, score
         self.fit, self.chunk_size = fit, chunk_size
 
+    @property
+    def trained_on(self) -> frozenset[str]:
+        """The comparison columns this term optimises: ``faithfulness_correlation`` and
+        ``infidelity``. It fits the map's sum over each random mask to the model's response to
+        that mask, the linear relation between map and perturbed responses those two score."""
+        return frozenset({"faithfulness_correlation", "infidelity"})
+
     def forward(
         self,
         maps: Tensor,

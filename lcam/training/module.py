@@ -13,7 +13,7 @@ from pytorch_lightning import LightningModule
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
-from torch import Tensor
+from torch import Tensor, nn
 
 from lcam.api import (
     CLASS_EXAMPLES,
@@ -33,14 +33,18 @@ from lcam.training.losses import LCAMLoss, MapSelection
 from lcam.training.masked_response import MaskedResponseLoss
 from lcam.training.overlays import log_overlay_grid, overlay_grid, overlay_path
 from lcam.training.recipe import configure_head_optimizer, paper_optimizer, paper_scheduler
+from lcam.training.removed_fraction import RemovedFractionLoss
 from lcam.training.trained_on import objective_columns
 from lcam.training.validation import ValidationFaithfulness
 
 __all__ = ["LCAMModule", "paper_optimizer", "paper_scheduler"]
 
-# Lightning warns when modules are in eval mode as training starts; the frozen backbone is kept
-# in eval mode on purpose (BatchNorm statistics, no Dropout). Ignored only from on_fit_start to
-# on_train_start, where Lightning emits it, never for the whole process.
+MAP_TERMS = {"masked_response": MaskedResponseLoss, "kept_fraction": KeptFractionLoss}
+MAP_TERMS["removed_fraction"] = RemovedFractionLoss
+"""The optional loss terms on the head's maps: ``<name>_weight`` and ``<name>_options`` each."""
+
+# Lightning warns when modules are in eval mode as training starts; the frozen backbone is in eval
+# mode on purpose (BatchNorm statistics, no Dropout). Ignored from on_fit_start to on_train_start.
 EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode"
 
 
@@ -125,6 +129,10 @@ class LCAMModule(LightningModule):
             ``temperature``, ``sampling``: ``"all"`` or ``"one"``, one fraction drawn per image
             and step, the same objective in expectation with a third of the term's passes for three
             fractions; the fast recipe, ``configs/quickstart_fast.yaml``).
+        removed_fraction_weight, removed_fraction_options: the removed-fraction term (0: off;
+            :class:`~lcam.training.removed_fraction.RemovedFractionLoss` and its options): the
+            label must fall once the map's top 5/10/20/30 % are removed; one forward and
+            backward pass per fraction and image; logged as ``train/removed_fraction``.
     """
 
     def __init__(
@@ -168,6 +176,8 @@ class LCAMModule(LightningModule):
         masked_response_options: dict[str, Any] | None = None,
         kept_fraction_weight: float = 0.0,
         kept_fraction_options: dict[str, Any] | None = None,
+        removed_fraction_weight: float = 0.0,
+        removed_fraction_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         # Evaluation settings stay out of the checkpoint: a test run takes them from its config
@@ -194,13 +204,14 @@ class LCAMModule(LightningModule):
         self.teacher = (
             TeacherMaps(teacher, frozen, teacher_options, teacher_cache) if teacher else None
         )
-        self.masked_response = (
-            MaskedResponseLoss(**(masked_response_options or {}))
-            if masked_response_weight > 0
-            else None
-        )
-        self.kept_fraction = (
-            KeptFractionLoss(**(kept_fraction_options or {})) if kept_fraction_weight > 0 else None
+        # Terms scored on the head's pre-sigmoid maps of the labels through the frozen network,
+        # each called as term(maps, images, labels, backbone) and logged as train/<name>.
+        self.map_terms = nn.ModuleDict(
+            {
+                name: term(**(self.hparams[f"{name}_options"] or {}))
+                for name, term in MAP_TERMS.items()
+                if self.hparams[f"{name}_weight"] > 0
+            }
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
@@ -231,9 +242,7 @@ class LCAMModule(LightningModule):
     def trained_on(self) -> frozenset[str]:
         """The comparison columns this head's objective trains on, from its loss settings
         (:mod:`lcam.training.trained_on`); the comparison marks them in the ``lcam`` row."""
-        masked_response = self.masked_response is not None
-        head = self.explainer.head
-        return objective_columns(head, self.criterion, self.kept_fraction, masked_response)
+        return objective_columns(self.explainer.head, self.criterion, self.map_terms.values())
 
     def setup(self, stage: str) -> None:
         """Take class names from the datamodule when the backbone's weights carry none."""
@@ -281,18 +290,11 @@ class LCAMModule(LightningModule):
             )
             terms["distill"] = map_distance(own_maps, teacher_maps, self.hparams.distill_distance)
             terms["loss"] = terms["loss"] + self.hparams.distill_weight * terms["distill"]
-        if self.masked_response is not None:
-            terms["masked_response"] = self.masked_response(
+        for name, term in self.map_terms.items():
+            terms[name] = term(
                 step["own_logit_maps"], batch["image"], step["labels"], self.backbone
             )
-            weight = self.hparams.masked_response_weight
-            terms["loss"] = terms["loss"] + weight * terms["masked_response"]
-        if self.kept_fraction is not None:
-            terms["kept_fraction"] = self.kept_fraction(
-                step["own_logit_maps"], batch["image"], step["labels"], self.backbone
-            )
-            weight = self.hparams.kept_fraction_weight
-            terms["loss"] = terms["loss"] + weight * terms["kept_fraction"]
+            terms["loss"] = terms["loss"] + self.hparams[f"{name}_weight"] * terms[name]
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False)
         self.log("train/masked_accuracy", step["masked_correct"].mean(), prog_bar=True)
         self.log("train/map_area", step["own_maps"].mean())

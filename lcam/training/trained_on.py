@@ -11,9 +11,15 @@ part (:meth:`~lcam.training.losses.LCAMLoss.trained_on`,
   ``ic@100``; on masked features (L-CAM-Fm): nothing;
 - the area term: ``sparseness``;
 - the kept-fraction term: ``ad@<p>`` and ``ic@<p>`` at its fractions;
+- the removed-fraction term: the deletion column of each fill it removes with that the metric
+  uses (black: ``deletion_auc``, blur: ``deletion_auc_blur``);
 - the masked-response term: ``faithfulness_correlation`` and ``infidelity`` (it fits the map's
   sum over each random mask to the model's response to that mask, the linear relation between
   map and perturbed responses those two columns score);
+
+Every term scored through the frozen network states its own columns as a ``trained_on``
+property (:attr:`~lcam.training.removed_fraction.RemovedFractionLoss.trained_on`,
+:attr:`~lcam.training.masked_response.MaskedResponseLoss.trained_on`).
 - distillation from a teacher: nothing (it trains on agreement with the teacher's maps, which
   no column scores).
 
@@ -24,14 +30,20 @@ been chosen by that metric.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from lcam.heads import LCAMFmHead, LCAMHead, LCAMImgHead
-from lcam.training.kept_fraction import KeptFractionLoss
 from lcam.training.losses import LCAMLoss
 
-__all__ = ["MASKED_RESPONSE_COLUMNS", "head_masks_image", "objective_columns"]
+__all__ = ["MapTerm", "head_masks_image", "objective_columns"]
 
-MASKED_RESPONSE_COLUMNS = frozenset({"faithfulness_correlation", "infidelity"})
-"""The columns the masked-response term trains on (see the module docstring)."""
+
+class MapTerm(Protocol):
+    """A loss term on the head's maps that names the comparison columns it optimises."""
+
+    @property
+    def trained_on(self) -> frozenset[str]: ...
 
 
 def head_masks_image(head: LCAMHead) -> bool:
@@ -52,22 +64,17 @@ def head_masks_image(head: LCAMHead) -> bool:
 
 
 def objective_columns(
-    head: LCAMHead,
-    criterion: LCAMLoss,
-    kept_fraction: KeptFractionLoss | None = None,
-    masked_response: bool = False,
+    head: LCAMHead, criterion: LCAMLoss, terms: Iterable[MapTerm] = ()
 ) -> frozenset[str]:
     """The comparison columns the objective of ``head`` trained with these terms optimises.
 
     Args:
         head: the trained head (its training forward decides the cross-entropy's part).
         criterion: the L-CAM loss with its weights.
-        kept_fraction: the kept-fraction term, when its weight is positive.
-        masked_response: the masked-response term's weight is positive.
+        terms: the further terms with positive weight (kept fraction, removed fraction, masked
+            response), each naming its columns.
     """
     columns = set(criterion.trained_on(head_masks_image(head)))
-    if kept_fraction is not None:
-        columns |= kept_fraction.trained_on
-    if masked_response:
-        columns |= MASKED_RESPONSE_COLUMNS
+    for term in terms:
+        columns |= term.trained_on
     return frozenset(columns)

@@ -92,7 +92,7 @@ def test_the_option_reaches_the_loss_and_cuts_the_passes() -> None:
         module = shapes_module(
             head="tame", kept_fraction_weight=0.5, kept_fraction_options={"sampling": sampling}
         )
-        assert module.kept_fraction is not None and module.kept_fraction.sampling == sampling
+        assert module.map_terms["kept_fraction"].sampling == sampling
         module.log_dict = lambda values, **_: None  # no trainer attached
         module.log = lambda name, value, **_: None
         first_conv = next(m for m in module.backbone.modules() if isinstance(m, torch.nn.Conv2d))

@@ -247,4 +247,4 @@ def test_lcam_module_adds_the_weighted_masked_response_term() -> None:
     term = logged["train/masked_response"]
     assert term.requires_grad and float(term) != 0.0
     assert torch.allclose(total, base + 3.0 * term, atol=1e-5)
-    assert plain.masked_response is None
+    assert "masked_response" not in plain.map_terms

@@ -28,20 +28,14 @@ from lcam.maps import in_mask_energy, normalise_maps, upsample_maps
 from lcam.training.distillation import Distance, TeacherMaps, map_distance
 from lcam.training.evaluation_run import EVALUATION_ARGUMENTS, TestTimeEvaluation
 from lcam.training.global_batch import global_labels
-from lcam.training.kept_fraction import KeptFractionLoss
 from lcam.training.losses import LCAMLoss, MapSelection
-from lcam.training.masked_response import MaskedResponseLoss
 from lcam.training.overlays import log_overlay_grid, overlay_grid, overlay_path
 from lcam.training.recipe import configure_head_optimizer, paper_optimizer, paper_scheduler
-from lcam.training.removed_fraction import RemovedFractionLoss
-from lcam.training.trained_on import objective_columns
+from lcam.training.trained_on import map_terms, objective_columns
 from lcam.training.validation import ValidationFaithfulness
 
 __all__ = ["LCAMModule", "paper_optimizer", "paper_scheduler"]
 
-MAP_TERMS = {"masked_response": MaskedResponseLoss, "kept_fraction": KeptFractionLoss}
-MAP_TERMS["removed_fraction"] = RemovedFractionLoss
-"""The optional loss terms on the head's maps: ``<name>_weight`` and ``<name>_options`` each."""
 
 # Lightning warns when modules are in eval mode as training starts; the frozen backbone is in eval
 # mode on purpose (BatchNorm statistics, no Dropout). Ignored from on_fit_start to on_train_start.
@@ -206,13 +200,8 @@ class LCAMModule(LightningModule):
         )
         # Terms scored on the head's pre-sigmoid maps of the labels through the frozen network,
         # each called as term(maps, images, labels, backbone) and logged as train/<name>.
-        self.map_terms = nn.ModuleDict(
-            {
-                name: term(**(self.hparams[f"{name}_options"] or {}))
-                for name, term in MAP_TERMS.items()
-                if self.hparams[f"{name}_weight"] > 0
-            }
-        )
+        self.map_terms = nn.ModuleDict(map_terms(self.hparams))
+        self.trained_terms: list[Any] | None = None  # a loaded checkpoint's (on_load_checkpoint)
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         # Logged as <stage>/masked_accuracy, <stage>/map_area and <stage>/in_mask_energy.
@@ -242,7 +231,8 @@ class LCAMModule(LightningModule):
     def trained_on(self) -> frozenset[str]:
         """The comparison columns this head's objective trains on, from its loss settings
         (:mod:`lcam.training.trained_on`); the comparison marks them in the ``lcam`` row."""
-        return objective_columns(self.explainer.head, self.criterion, self.map_terms.values())
+        terms = self.map_terms.values() if self.trained_terms is None else self.trained_terms
+        return objective_columns(self.explainer.head, self.criterion, terms)
 
     def setup(self, stage: str) -> None:
         """Take class names from the datamodule when the backbone's weights carry none."""
@@ -412,6 +402,7 @@ class LCAMModule(LightningModule):
             raise ValueError(
                 "the checkpoint was trained with another configuration: " + "; ".join(mismatches)
             )
+        self.trained_terms = list(map_terms(checkpoint.get("hyper_parameters") or {}).values())
         # Checkpoints written before the training counts existed resume with the counts unknown.
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):

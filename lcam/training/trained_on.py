@@ -30,13 +30,24 @@ been chosen by that metric.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from lcam.heads import LCAMFmHead, LCAMHead, LCAMImgHead
+from lcam.training.kept_fraction import KeptFractionLoss
 from lcam.training.losses import LCAMLoss
+from lcam.training.masked_response import MaskedResponseLoss
+from lcam.training.removed_fraction import RemovedFractionLoss
 
-__all__ = ["MapTerm", "head_masks_image", "objective_columns"]
+__all__ = ["MAP_TERMS", "MapTerm", "head_masks_image", "map_terms", "objective_columns"]
+
+MAP_TERMS = {
+    "masked_response": MaskedResponseLoss,
+    "kept_fraction": KeptFractionLoss,
+    "removed_fraction": RemovedFractionLoss,
+}
+"""The optional loss terms on the head's maps, each set by ``<name>_weight`` and
+``<name>_options`` of :class:`~lcam.training.LCAMModule`."""
 
 
 class MapTerm(Protocol):
@@ -61,6 +72,17 @@ def head_masks_image(head: LCAMHead) -> bool:
         f"{type(head).__name__} masks neither like LCAMImgHead nor like LCAMFmHead: say in "
         "lcam.training.trained_on which comparison columns its objective trains on"
     )
+
+
+def map_terms(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``{name: term}`` of the terms whose ``<name>_weight`` is positive in ``settings`` (the
+    module's hyperparameters, or a checkpoint's: a test run marks what the head was trained
+    with, whatever its own config says)."""
+    return {
+        name: term(**(settings.get(f"{name}_options") or {}))
+        for name, term in MAP_TERMS.items()
+        if (settings.get(f"{name}_weight") or 0) > 0
+    }
 
 
 def objective_columns(

@@ -130,6 +130,28 @@ def test_the_trained_on_set_follows_the_loss_settings(settings, expected) -> Non
     assert _module(**settings).trained_on == expected
 
 
+def test_a_test_run_marks_what_the_checkpoint_was_trained_with_not_its_own_config(
+    tmp_path,
+) -> None:
+    """A head trained with the removed-fraction term, tested from a config without it (as
+    ``quickstart_compare.yaml`` is), still marks deletion as trained on; and a head trained
+    without it, tested from a config with it, does not."""
+    with_term = _module(head="tame", area_weight=0.0, removed_fraction_weight=2.0)
+    without = _module(head="tame", area_weight=0.0)
+    assert {"deletion_auc", "deletion_auc_blur"} <= with_term.trained_on
+    for trained, tested in ((with_term, without), (without, with_term)):
+        path = tmp_path / "head.ckpt"
+        trained_state = {
+            "lcam": lcam.api.explainer_metadata(trained.explainer),
+            "hyper_parameters": dict(trained.hparams),
+            "state_dict": trained.state_dict(),
+        }
+        torch.save(trained_state, path)
+        loaded = _module(**{**dict(tested.hparams)})
+        loaded.on_load_checkpoint(torch.load(path, weights_only=True))
+        assert loaded.trained_on == trained.trained_on, (trained.hparams, tested.hparams)
+
+
 def test_a_distilled_l_cam_fm_rows_only_mark_is_the_area_terms_sparseness() -> None:
     module = _module(
         head="lcam_fm",

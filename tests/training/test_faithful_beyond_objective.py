@@ -32,6 +32,7 @@ import torch
 from baselines import centre_prior, constant_map, margin_report
 from helpers import quiet_trainer
 from planted_spot import SIZE, spot_images
+from recipes import RECIPES, recipe_options
 from pytorch_lightning import seed_everything
 
 from lcam import get_explainer
@@ -44,17 +45,17 @@ CLOSED = 0.6  # the trained head closes >= 60 % of each competitor's distance to
 
 
 def recommended_module() -> LCAMModule:
-    """The quickstart recipe's head (TAME over the three stages + 0.5 x kept-fraction)."""
+    """The quickstart recipe's head and loss terms (read from ``configs/quickstart.yaml``) over
+    SpotNet's three stages."""
     return LCAMModule(
         backbone="planted_spot.SpotNet",
         num_classes=2,
         input_size=SIZE,
-        head="tame",
         target_layer=["layer1", "layer2", "layer3"],
-        kept_fraction_weight=0.5,
         optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
         lr_scheduler=None,
         sanity_images=0,
+        **recipe_options(RECIPES["full"]),
     )
 
 

@@ -73,7 +73,6 @@ import copy
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -83,6 +82,7 @@ from baselines import centre_prior, constant_map
 from helpers import PassCounter, quiet_trainer
 from planted_spot import SIZE, spot_images
 from pytorch_lightning import seed_everything
+from recipes import CONFIGS, RECIPES, recipe_options
 from torch import Tensor
 
 from lcam.backbone import FrozenBackbone
@@ -91,16 +91,8 @@ from lcam.evaluation.specs import is_metric_column
 from lcam.explainers import DegenerateMapWarning, Explainer
 from lcam.explainers.base import resolve_targets
 from lcam.training import LCAMModule
-from lcam.training.evaluation_run import EVALUATION_ARGUMENTS
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-RECIPES = {"full": CONFIGS / "quickstart.yaml", "fast": CONFIGS / "quickstart_fast.yaml"}
 COMPARE = CONFIGS / "quickstart_compare.yaml"
-# model: keys naming the quickstart's backbone, optimiser and evaluation: SpotNet and the
-# settings below take their place. Every other key (the head and its loss terms) is the recipe,
-# so a term added to the configs reaches this test without an edit here.
-NOT_RECIPE = ("backbone", "weights", "num_classes", "input_size", "target_layer")
-NOT_RECIPE += ("optimizer", "lr_scheduler", *EVALUATION_ARGUMENTS)
 SEEDS, TRAIN_IMAGES, TEST_IMAGES, EPOCHS, BATCH, LR = (0, 1, 2), 512, 128, 3, 32, 3e-3
 
 TOLERANCE = {  # |fast - full| at most this, on the mean over SEEDS (table in the docstring)
@@ -118,17 +110,6 @@ LEFT_OUT = {f"ic@{p}" for p in (100, 50, 15)}  # 0 for every map on SpotNet (doc
 TRIVIAL = ("constant", "centre", "untrained")
 TRIVIAL_MARGIN = 0.1  # AUC by which both heads beat each trivial answer
 COST_RATIO = 0.6  # fast / full forward passes of the frozen network during training
-
-
-def recipe_options(path: Path) -> dict[str, Any]:
-    """The head and loss options of a config's ``model:`` section (``faithfulness_*`` set the
-    validation-time model selection, and no validation runs here)."""
-    model = yaml.safe_load(path.read_text())["model"]
-    return {
-        key: value
-        for key, value in model.items()
-        if key not in NOT_RECIPE and not key.startswith("faithfulness_")
-    }
 
 
 def comparison_options() -> dict[str, Any]:

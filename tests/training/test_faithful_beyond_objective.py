@@ -32,8 +32,8 @@ import torch
 from baselines import centre_prior, constant_map, margin_report
 from helpers import quiet_trainer
 from planted_spot import SIZE, spot_images
-from recipes import RECIPES, recipe_options
 from pytorch_lightning import seed_everything
+from recipes import RECIPES, recipe_options
 
 from lcam import get_explainer
 from lcam.metrics import DeletionInsertion

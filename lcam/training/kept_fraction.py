@@ -50,11 +50,30 @@ from lcam.backbone import FrozenBackbone
 from lcam.maps import normalise_maps, upsample_maps
 from lcam.metrics.common import checked_fractions, fraction_key, keep_count
 
-__all__ = ["KEPT_FRACTION_SAMPLING", "KeptFractionLoss", "Sampling", "relaxed_keep_masks"]
+__all__ = [
+    "KEPT_FRACTION_SAMPLING",
+    "KeptFractionLoss",
+    "Sampling",
+    "check_relaxation",
+    "relaxed_keep_masks",
+    "top_regions",
+]
 
 Sampling = Literal["all", "one"]
 KEPT_FRACTION_SAMPLING: tuple[str, ...] = ("all", "one")
 """Values ``sampling`` accepts: every fraction per image, or one drawn per image and step."""
+
+
+def check_relaxation(temperature: float, sampling: str) -> None:
+    """Refuse a relaxed top-fraction term's bad settings (this term's and the removed-fraction
+    term's): a hard edge has no gradient; ``sampling`` must be one of
+    :data:`KEPT_FRACTION_SAMPLING`."""
+    if temperature <= 0:
+        raise ValueError(
+            f"temperature must be > 0 (a hard edge has no gradient), got {temperature}"
+        )
+    if sampling not in KEPT_FRACTION_SAMPLING:
+        raise ValueError(f"sampling must be one of {KEPT_FRACTION_SAMPLING}, got {sampling!r}")
 
 
 def relaxed_keep_masks(maps: Tensor, fractions: Sequence[float], temperature: float) -> Tensor:
@@ -64,27 +83,31 @@ def relaxed_keep_masks(maps: Tensor, fractions: Sequence[float], temperature: fl
     pixels tied at the threshold are all dropped, where the protocol breaks ties by index);
     larger values soften the edge of the kept region.
     """
+    return maps.unsqueeze(0) * top_regions(maps, fractions, temperature)
+
+
+def top_regions(maps: Tensor, fractions: Sequence[float], temperature: float) -> Tensor:
+    """The top-``p`` regions ``(P, B, H, W)`` in [0, 1] of maps ``(B, H, W)``: 1 on the ``k =
+    ceil(p H W)`` largest values, 0 elsewhere, with the edge ``sigmoid((U - q_p) / tau)`` at the
+    midpoint ``q_p`` of the ``k``-th and ``(k+1)``-th largest values (no gradient through it);
+    ``temperature`` 0 gives the hard region (pixels tied at the threshold are all left out)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     batch, height, width = maps.shape
     pixels = height * width
     ordered = maps.detach().flatten(1).sort(dim=1, descending=True).values  # (B, H * W)
-    masks = []
+    regions = []
     for fraction in fractions:
         count = keep_count(fraction, pixels)
-        if count >= pixels:
-            masks.append(maps)
-            continue
-        if count == 0:
-            masks.append(torch.zeros_like(maps))
+        if count >= pixels or count == 0:
+            regions.append(torch.full_like(maps, float(count > 0)))
             continue
         threshold = (ordered[:, count - 1] + ordered[:, count]).view(batch, 1, 1) / 2
         if temperature == 0:
-            keep = (maps > threshold).to(maps.dtype)
+            regions.append((maps > threshold).to(maps.dtype))
         else:
-            keep = torch.sigmoid((maps - threshold) / temperature)
-        masks.append(maps * keep)
-    return torch.stack(masks)
+            regions.append(torch.sigmoid((maps - threshold) / temperature))
+    return torch.stack(regions)
 
 
 class KeptFractionLoss(nn.Module):
@@ -112,12 +135,7 @@ class KeptFractionLoss(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"temperature must be > 0 (a hard edge has no gradient), got {temperature}"
-            )
-        if sampling not in KEPT_FRACTION_SAMPLING:
-            raise ValueError(f"sampling must be one of {KEPT_FRACTION_SAMPLING}, got {sampling!r}")
+        check_relaxation(temperature, sampling)
         self.fractions = checked_fractions(fractions)
         self.temperature = float(temperature)
         self.sampling = sampling

@@ -41,10 +41,10 @@ from torchvision.transforms.functional import gaussian_blur
 
 from lcam.backbone import FrozenBackbone
 from lcam.maps import normalise_maps, upsample_maps
-from lcam.metrics.common import checked_fractions, keep_count
-from lcam.training.kept_fraction import KEPT_FRACTION_SAMPLING, Sampling
+from lcam.metrics.common import checked_fractions
+from lcam.training.kept_fraction import Sampling, check_relaxation, top_regions
 
-__all__ = ["REMOVAL_FILLS", "RemovedFractionLoss", "soft_top_regions"]
+__all__ = ["REMOVAL_FILLS", "RemovedFractionLoss"]
 
 REMOVAL_FILLS: tuple[str, ...] = ("black", "blur", "mean", "noise")
 """Values ``fills`` accepts (step 3 of the module docstring)."""
@@ -54,23 +54,6 @@ METRIC_FILLS = frozenset({"black", "blur"})
 ``deletion_auc_blur``: blur)."""
 
 _EPS = 1e-4
-
-
-def soft_top_regions(maps: Tensor, fractions: Sequence[float], temperature: float) -> Tensor:
-    """Soft top-``r`` regions ``R_r`` ``(R, B, H, W)`` in [0, 1] of normalised maps ``(B, H, W)``
-    (step 2 of the module docstring); a fraction of 1 gives ones."""
-    batch, height, width = maps.shape
-    pixels = height * width
-    ordered = maps.detach().flatten(1).sort(dim=1, descending=True).values  # (B, H * W)
-    regions = []
-    for fraction in fractions:
-        count = keep_count(fraction, pixels)
-        if count >= pixels:
-            regions.append(torch.ones_like(maps))
-            continue
-        threshold = (ordered[:, count - 1] + ordered[:, count]).view(batch, 1, 1) / 2
-        regions.append(torch.sigmoid((maps - threshold) / temperature))
-    return torch.stack(regions)
 
 
 class RemovedFractionLoss(nn.Module):
@@ -99,12 +82,7 @@ class RemovedFractionLoss(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(
-                f"temperature must be > 0 (a hard edge has no gradient), got {temperature}"
-            )
-        if sampling not in KEPT_FRACTION_SAMPLING:
-            raise ValueError(f"sampling must be one of {KEPT_FRACTION_SAMPLING}, got {sampling!r}")
+        check_relaxation(temperature, sampling)
         if not fills or set(fills) - set(REMOVAL_FILLS):
             raise ValueError(f"fills must be a non-empty subset of {REMOVAL_FILLS}, got {fills}")
         self.fractions = checked_fractions(fractions)
@@ -152,7 +130,7 @@ class RemovedFractionLoss(nn.Module):
         """The scalar loss of raw maps ``(B, h, w)``, images ``(B, 3, H, W)``, targets ``(B,)``."""
         size = (images.shape[-2], images.shape[-1])
         ranked = upsample_maps(normalise_maps(maps.float()), size)  # (B, H, W)
-        regions = soft_top_regions(ranked, self.fractions, self.temperature).unsqueeze(2)
+        regions = top_regions(ranked, self.fractions, self.temperature).unsqueeze(2)
         fill = self.fill_images(images)
         removed = images + (fill - images) * regions.to(images.dtype)  # (R, B, 3, H, W)
         if self.sampling == "one":

@@ -11,7 +11,7 @@ from lcam.data import SyntheticShapes
 from lcam.maps import normalise_maps
 from lcam.metrics.common import keep_count
 from lcam.training import RemovedFractionLoss
-from lcam.training.removed_fraction import soft_top_regions
+from lcam.training.kept_fraction import top_regions
 
 FRACTIONS = (0.05, 0.1, 0.2, 0.3)
 
@@ -30,7 +30,7 @@ def test_a_small_temperature_removes_exactly_the_top_pixels() -> None:
         [torch.randperm(480, generator=torch.Generator().manual_seed(i)) for i in range(4)]
     )
     maps = (ranks.float() / 480).view(4, 20, 24)  # no ties: neighbours 1/480 apart
-    regions = soft_top_regions(maps, FRACTIONS, 1e-5)
+    regions = top_regions(maps, FRACTIONS, 1e-5)
     for fraction, region in zip(FRACTIONS, regions, strict=True):
         count = keep_count(fraction, 480)
         top = maps.flatten(1).topk(count, dim=1).indices

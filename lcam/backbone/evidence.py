@@ -28,9 +28,11 @@ __all__ = ["attention_input_layer", "evidence_reaches"]
 def evidence_reaches(backbone: FrozenBackbone, images: Tensor) -> bool:
     """Whether the predicted logit of ``images`` ``(B, 3, H, W)`` has a nonzero gradient at
     some grid cell of the backbone's split layer (prefix tokens left out)."""
-    with torch.enable_grad():
+    # Asked while composing a warning, possibly inside Lightning's test loop (inference mode,
+    # where enable_grad alone records nothing): leave inference mode, on an ordinary copy.
+    with torch.inference_mode(False), torch.enable_grad():
         with torch.no_grad():
-            features, skips = backbone.body(images)
+            features, skips = backbone.body(images.clone())
         features = features.detach().requires_grad_(True)
         logits = backbone.tail(features, skips)
         score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()

@@ -20,9 +20,12 @@ eval mode BN folds into ``U_i`` (:mod:`lcam.heads.fold`). A new head name (``tam
 TAME checkpoints keep loading as TAME.
 
 Status (2026-12-07): not the recommended head. Its cost is in
-``benchmarks/results/head-cost-2026-12-07.md``; its quality is measured only after the first of
-the quickstart's four epochs (validation AD/IC level with TAME's first epoch), not on the full
-recipe, and the low-rank fuse (which only acts when ``K > 64``) not at all.
+``benchmarks/results/head-cost-idle-2026-12-07.md`` (ResNet-50 ``explain()`` 1.04x a forward,
+TAME 1.11x). Its quality on the quickstart recipe, 3 seeds, is level with or better than TAME's
+on every column but ROAD MoRF and IC@50, both inside TAME's seed spread
+(``benchmarks/results/tame-lite-quickstart-2026-12-07.md``); the low-rank fuse (which only acts
+when ``K > 64``) and branches much narrower than their input (ResNet-50's 2048 channels at rank
+128) have no quality measurement yet.
 """
 
 from __future__ import annotations

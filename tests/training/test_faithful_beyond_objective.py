@@ -22,7 +22,10 @@ insertion, blur    0.949    0.919     0.806   0.615     0.887      0.952
 insertion, black   0.946    0.911     0.773   0.582     0.875      0.950
 =================  =======  ========  ======  ========  =========  ======
 
-The head closes 78 % (deletion, from Grad-CAM) to 95 % of those distances.
+The head closes 78 % (deletion, from Grad-CAM) to 95 % of those distances. The same game runs
+for ``tame_lite`` (the recipe with only the head changed), which is not the recommended head but
+whose quality the results page cites; measured (seed 0, 1 thread): deletion 0.161, insertion
+0.949 (blur) and 0.947 (black); its untrained head 0.512, 0.809 and 0.783.
 """
 
 from __future__ import annotations
@@ -44,9 +47,13 @@ COMPETITORS = ("gradcam", "constant", "centre", "untrained")
 CLOSED = 0.6  # the trained head closes >= 60 % of each competitor's distance to the oracle
 
 
-def recommended_module() -> LCAMModule:
+# The recipe's own head, and the recipe with only the head replaced.
+HEADS = {"recommended": {}, "tame_lite": {"head": "tame_lite"}}
+
+
+def recommended_module(head: str = "recommended") -> LCAMModule:
     """The quickstart recipe's head and loss terms (read from ``configs/quickstart.yaml``) over
-    SpotNet's three stages."""
+    SpotNet's three stages; ``head`` names an entry of ``HEADS``."""
     return LCAMModule(
         backbone="planted_spot.SpotNet",
         num_classes=2,
@@ -55,7 +62,7 @@ def recommended_module() -> LCAMModule:
         optimizer=lambda params: torch.optim.Adam(params, lr=3e-3),
         lr_scheduler=None,
         sanity_images=0,
-        **recipe_options(RECIPES["full"]),
+        **{**recipe_options(RECIPES["full"]), **HEADS[head]},
     )
 
 
@@ -75,14 +82,14 @@ def scores(
     return table
 
 
-@pytest.fixture(scope="module")
-def table() -> dict[str, dict[str, float]]:
+@pytest.fixture(scope="module", params=list(HEADS))
+def table(request: pytest.FixtureRequest) -> dict[str, dict[str, float]]:
     seed_everything(0)
     train, _ = spot_images(512, seed=0)
     test, spots = spot_images(64, seed=1)
     items = [{"image": image, "label": torch.tensor(0)} for image in train]
     loader = torch.utils.data.DataLoader(items, batch_size=32, shuffle=True)
-    module = recommended_module()
+    module = recommended_module(request.param)
     untrained = module.explainer.explain(test).maps
     quiet_trainer(max_epochs=3, limit_val_batches=0).fit(module, train_dataloaders=loader)
     maps = {

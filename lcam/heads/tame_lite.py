@@ -23,9 +23,10 @@ Status (2026-12-07): not the recommended head. Its cost is in
 ``benchmarks/results/head-cost-idle-2026-12-07.md`` (ResNet-50 ``explain()`` 1.04x a forward,
 TAME 1.11x). Its quality on the quickstart recipe, 3 seeds, is level with or better than TAME's
 on every column but ROAD MoRF and IC@50, both inside TAME's seed spread
-(``benchmarks/results/tame-lite-quickstart-2026-12-07.md``); the low-rank fuse (which only acts
-when ``K > 64``) and branches much narrower than their input (ResNet-50's 2048 channels at rank
-128) have no quality measurement yet.
+(``benchmarks/results/tame-lite-quickstart-2026-12-07.md``); with the low-rank fuse (``K > 64``)
+one seed on EfficientNet-Lite0 composites (1000 classes) was ahead of TAME on every AD and
+deletion/insertion/ROAD column (docs/results.md). Branches much narrower than their input
+(ResNet-50's 2048 channels at rank 128) have no quality measurement yet.
 """
 
 from __future__ import annotations

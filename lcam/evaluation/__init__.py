@@ -10,7 +10,8 @@ backbone and the leaf helpers; training and inference build on it).
   (:mod:`~lcam.evaluation.protocol` keeps the raw maps AD/IC scores; :mod:`~lcam.evaluation.cost`
   and :mod:`~lcam.evaluation.examples` hold the cost states and the gallery).
 - :func:`write_report` (:mod:`~lcam.evaluation.report`): ``comparison.csv``, ``comparison.md``
-  and a self-contained ``report.html``; :func:`log_to_wandb` logs the rows as a W&B table.
+  and a self-contained ``report.html`` (:func:`write_tables`: the two tables alone, first);
+  :func:`log_to_wandb` logs the rows as a W&B table.
 - :func:`model_randomisation` (:mod:`~lcam.evaluation.sanity`): the model-randomisation sanity
   check (cascading/independent).
 - :class:`UnitAlignment` / :func:`unit_alignment` (:mod:`~lcam.evaluation.dissection`):
@@ -34,7 +35,7 @@ from lcam.evaluation.dissection import (
 )
 from lcam.evaluation.options import ComparisonOptions
 from lcam.evaluation.protocol import LEARNED_MAPS, LearnedMaps, check_learned_maps
-from lcam.evaluation.report import log_to_wandb, write_report
+from lcam.evaluation.report import log_to_wandb, write_report, write_tables
 from lcam.evaluation.sanity import model_randomisation, randomisable_layers, spearman
 
 __all__ = [
@@ -58,4 +59,5 @@ __all__ = [
     "spearman",
     "unit_alignment",
     "write_report",
+    "write_tables",
 ]

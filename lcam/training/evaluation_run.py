@@ -26,6 +26,7 @@ from lcam.evaluation import (
     log_to_wandb,
     model_randomisation,
     write_report,
+    write_tables,
 )
 from lcam.explainers import Explainer, LearnedExplainer, get_explainer
 
@@ -124,8 +125,8 @@ class TestTimeEvaluation:
     ) -> None:
         """Compute the comparison on every process (a collective), ``log`` every numeric cell as
         ``test/<method>/<column>`` (the trained-class rows as ``test_trained/<method>/<column>``),
-        then, on the first process, run the sanity check and write the report (``report_dir``,
-        default ``<default_root_dir>/comparison``)."""
+        then, on the first process, write the tables (``report_dir``, default
+        ``<default_root_dir>/comparison``), run the sanity check and write the report."""
         if self.comparison is None:
             return
         results = self.comparison.results()
@@ -139,6 +140,12 @@ class TestTimeEvaluation:
                         log(f"{prefix}/{row['method']}/{column}", float(value))
         if not trainer.is_global_zero:
             return
+        directory = Path(self.report_dir or Path(trainer.default_root_dir) / "comparison")
+        # The table first: a failure in the sanity check or the page must not lose it.
+        tables = write_tables(
+            results["rows"], directory, trained_rows=results["trained_rows"], notes=results["notes"]
+        )
+        print(f"method comparison table written to {tables['markdown']}")
         sanity = None
         if self.sanity_batches:
             methods = self.compared_methods(head)
@@ -150,7 +157,6 @@ class TestTimeEvaluation:
                 {name: methods[name] for name in chosen},
                 torch.cat(self.sanity_batches),
             )
-        directory = Path(self.report_dir or Path(trainer.default_root_dir) / "comparison")
         paths = write_report(run_dir=directory, unit_alignment=units, sanity=sanity, **results)
         log_to_wandb(trainer.loggers, results["rows"])
         print(f"method comparison written to {paths['html']}")

@@ -13,7 +13,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 import lcam
 from lcam.data import SyntheticShapes
-from lcam.evaluation import MethodComparison, log_to_wandb, write_report
+from lcam.evaluation import MethodComparison, log_to_wandb, write_report, write_tables
 from lcam.evaluation.report import png_data_uri
 from lcam.models.tiny import SHAPES_WEIGHTS
 
@@ -187,6 +187,23 @@ def test_trained_class_rows_get_their_own_table_and_a_rerun_without_them_drops_i
     again = write_report(rows, tmp_path)  # a run with nothing excluded, into the same folder
     assert "trained_csv" not in again and not (tmp_path / "comparison_trained_classes.csv").exists()
     assert "trained classes only" not in again["markdown"].read_text(encoding="utf-8")
+
+
+def test_tables_alone_never_sit_beside_an_earlier_runs_page_or_checks(tmp_path) -> None:
+    old = [{"method": "lcam", "images": 4, "untrained_images": 0, "ad@100": 40.0}]
+    sanity = [{"mode": "cascading", "step": 0, "layer": "fc", "method": "lcam", "spearman": 0.1}]
+    units = [{"channel": 0, "class": 1, "class_name": "cat", "iou": 0.2}]
+    write_report(old, tmp_path, trained_rows=old, sanity=sanity, unit_alignment=units)
+    assert (tmp_path / "report.html").exists() and (tmp_path / "sanity.csv").exists()
+
+    new = [{"method": "lcam", "images": 6, "untrained_images": 0, "ad@100": 12.5}]
+    paths = write_tables(new, tmp_path)
+    assert set(paths) == {"csv", "markdown"}
+    with paths["csv"].open(encoding="utf-8") as handle:
+        assert list(csv.DictReader(handle))[0]["ad@100"] == "12.5"
+    assert "12.5" in paths["markdown"].read_text(encoding="utf-8")
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == ["comparison.csv", "comparison.md"]
 
 
 def test_png_data_uri_round_trips_arrays_and_tensors() -> None:

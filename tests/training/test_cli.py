@@ -141,6 +141,35 @@ def test_last_checkpoint_holds_the_final_weights_when_validation_stops_improving
     assert torch.load(best, weights_only=True)["global_step"] == steps_per_epoch
 
 
+def test_a_failing_step_after_the_comparison_keeps_its_table(tmp_path, monkeypatch) -> None:
+    """The sanity check and the page come after the measured table: when one fails, the error
+    reaches the user and the table is on disk."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = yaml.safe_load(_small_quickstart(tmp_path).read_text())
+    config["data"]["init_args"].update(test_size=4, batch_size=4)
+    config["model"].update(
+        methods=["lcam", "gradcam"],
+        comparison={"deletion_steps": 4, "road_fractions": [0.5], "gallery_size": 2},
+        sanity_images=2,
+    )
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli_main(["fit", "--config", str(path), "--trainer.max_steps=1"])
+
+    def broken_check(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("sanity check failed")
+
+    monkeypatch.setattr("lcam.training.evaluation_run.model_randomisation", broken_check)
+    checkpoint = str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(RuntimeError, match="sanity check failed"):
+        cli_main(["test", "--config", str(path), "--ckpt_path", checkpoint])
+    report = tmp_path / "comparison"
+    rows = (report / "comparison.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["lcam", "gradcam"]
+    assert "gradcam" in (report / "comparison.md").read_text()
+    assert not (report / "report.html").exists()
+
+
 def test_test_run_compares_methods_and_writes_the_report(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     config = yaml.safe_load(_small_quickstart(tmp_path).read_text())

@@ -23,15 +23,55 @@ from lcam.evaluation.report.html import note, page, png_data_uri
 from lcam.evaluation.report.tables import Rows, column_order, markdown_table, write_csv
 from lcam.evaluation.report.wandb import log_to_wandb
 
-__all__ = ["column_order", "log_to_wandb", "png_data_uri", "write_report"]
+__all__ = ["column_order", "log_to_wandb", "png_data_uri", "write_report", "write_tables"]
 
 _TRAINED_HEADING = "Images of trained classes only"
+_TRAINED_CSV = "comparison_trained_classes.csv"
+# What a report writes after its tables; an earlier run's copy must not outlive them.
+_WRITTEN_AFTER_TABLES = ("report.html", "sanity.csv", "unit_alignment.csv", _TRAINED_CSV)
 _TRAINED_NOTE = (
     "The same methods, scored only on the images that every learned head explained for a class "
     "it had training images of (a head's map of an untrained class is its initialisation, or "
     "the map all classes share, not an explanation of that class). Passes and milliseconds are "
     "over all images."
 )
+
+
+def write_tables(
+    rows: Rows,
+    run_dir: str | Path,
+    *,
+    trained_rows: Rows | None = None,
+    notes: Sequence[str] = (),
+    title: str = "lcam method comparison",
+) -> dict[str, Path]:
+    """Write the comparison's tables, ``comparison.csv`` and ``comparison.md`` (and
+    ``comparison_trained_classes.csv``), before anything else of a report.
+
+    A test run writes these first, so that a failure in a later, slower or riskier step (the
+    sanity check, the page with its gallery) leaves the measured table on disk. The files of
+    an earlier run in ``run_dir`` that a report writes after the tables (``report.html``,
+    ``sanity.csv``, ``unit_alignment.csv``, ``comparison_trained_classes.csv``) are removed, so
+    that the folder never pairs this run's table with another run's page or check.
+
+    Args: as :func:`write_report`.
+
+    Returns:
+        ``{"csv", "markdown"}`` paths, plus ``"trained_csv"`` when ``trained_rows`` are given.
+    """
+    directory = Path(run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in _WRITTEN_AFTER_TABLES:
+        (directory / stale).unlink(missing_ok=True)
+    rows = [dict(row) for row in rows]
+    markdown = f"# {title}\n\n" + markdown_table(rows)
+    markdown += "".join(f"\nNote: {line}\n" for line in notes)
+    paths = {"csv": write_csv(directory / "comparison.csv", rows)}
+    if trained_rows:
+        paths["trained_csv"] = write_csv(directory / _TRAINED_CSV, trained_rows)
+        markdown += f"\n## {_TRAINED_HEADING}\n\n{_TRAINED_NOTE}\n\n" + markdown_table(trained_rows)
+    paths["markdown"] = atomic_write_text(directory / "comparison.md", markdown)
+    return paths
 
 
 def write_report(
@@ -51,7 +91,8 @@ def write_report(
 
     The page shows a headline table first (method, passes and milliseconds per image, AD/IC,
     in-mask energy, pointing game, deletion/insertion AUC) and every column of
-    ``comparison.csv`` in a folded section below it.
+    ``comparison.csv`` in a folded section below it. The tables are written first
+    (:func:`write_tables`).
 
     Args:
         rows: one dict per method (``MethodComparison.compute()``).
@@ -79,18 +120,8 @@ def write_report(
         ``"unit_alignment_csv"`` when those rows are given.
     """
     directory = Path(run_dir)
-    directory.mkdir(parents=True, exist_ok=True)
     rows = [dict(row) for row in rows]
-    markdown = f"# {title}\n\n" + markdown_table(rows)
-    markdown += "".join(f"\nNote: {line}\n" for line in notes)
-    trained_csv = directory / "comparison_trained_classes.csv"
-    paths = {"csv": write_csv(directory / "comparison.csv", rows)}
-    if trained_rows:
-        paths["trained_csv"] = write_csv(trained_csv, trained_rows)
-        markdown += f"\n## {_TRAINED_HEADING}\n\n{_TRAINED_NOTE}\n\n" + markdown_table(trained_rows)
-    else:
-        trained_csv.unlink(missing_ok=True)
-    paths["markdown"] = atomic_write_text(directory / "comparison.md", markdown)
+    paths = write_tables(rows, directory, trained_rows=trained_rows, notes=notes, title=title)
     if sanity:
         paths["sanity_csv"] = write_csv(directory / "sanity.csv", sanity)
     if unit_alignment:
